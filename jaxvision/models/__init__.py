@@ -1,6 +1,6 @@
 """Model zoo: `create(name, num_classes=...)` and `names()`; importing registers every family."""
 
-from jaxvision.models import cnn  # noqa: F401  (registers its names)
+from jaxvision.models import cnn, resnet, vit  # noqa: F401  (importing registers their names)
 from jaxvision.models.registry import create, names, register
 
 __all__ = ["create", "names", "register"]

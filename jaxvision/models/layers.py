@@ -1,0 +1,166 @@
+"""Transformer building blocks shared by the ViT family: attention, MLP, drop-path, posemb.
+
+Submodule and parameter names follow google-research/vision_transformer so that the
+published .npz checkpoints map 1:1 onto the trees these layers create.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+
+
+class MultiHeadDotProductAttention(nn.Module):
+    """Multi-head attention with `query/key/value/out` DenseGeneral params, as in Flax/ViT.
+
+    Calls `jax.nn.dot_product_attention` (fused kernels where the backend has them) unless
+    the attention weights are needed, either to return them or to apply attention dropout.
+    """
+
+    num_heads: int
+    dtype: Dtype = jnp.float32
+    dropout_rate: float = 0.0
+    kernel_init: Any = nn.initializers.xavier_uniform()
+
+    @nn.compact
+    def __call__(
+        self,
+        inputs_q: jnp.ndarray,
+        inputs_kv: jnp.ndarray,
+        *,
+        deterministic: bool = True,
+        return_weights: bool = False,
+    ) -> tuple[jnp.ndarray, jnp.ndarray | None]:
+        """Attends `inputs_q` [N, Tq, D] to `inputs_kv` [N, Tk, D]; weights are [N, H, Tq, Tk]."""
+        features = inputs_q.shape[-1]
+        if features % self.num_heads:
+            raise ValueError(
+                f"Attention width {features} is not divisible by num_heads={self.num_heads}."
+            )
+        head_dim = features // self.num_heads
+
+        def dense(name: str) -> nn.DenseGeneral:
+            return nn.DenseGeneral(
+                (self.num_heads, head_dim),
+                dtype=self.dtype,
+                kernel_init=self.kernel_init,
+                name=name,
+            )
+
+        q = dense("query")(inputs_q)
+        k = dense("key")(inputs_kv)
+        v = dense("value")(inputs_kv)
+
+        use_dropout = not deterministic and self.dropout_rate > 0.0
+        weights = None
+        if return_weights or use_dropout:
+            q = q / jnp.sqrt(head_dim).astype(q.dtype)
+            logits = jnp.einsum("nqhd,nkhd->nhqk", q, k)
+            # Softmax in fp32: bf16 logits lose the small differences between keys.
+            weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+            probs = weights
+            if use_dropout:
+                keep = jax.random.bernoulli(
+                    self.make_rng("dropout"), 1.0 - self.dropout_rate, probs.shape
+                )
+                probs = jnp.where(keep, probs / (1.0 - self.dropout_rate), 0.0)
+            y = jnp.einsum("nhqk,nkhd->nqhd", probs.astype(v.dtype), v)
+        else:
+            y = jax.nn.dot_product_attention(q, k, v)
+
+        out = nn.DenseGeneral(
+            features,
+            axis=(-2, -1),
+            dtype=self.dtype,
+            kernel_init=self.kernel_init,
+            name="out",
+        )(y)
+        return out, weights
+
+
+class MlpBlock(nn.Module):
+    """Transformer feed-forward block: Dense -> GELU -> dropout -> Dense -> dropout."""
+
+    mlp_dim: int
+    dtype: Dtype = jnp.float32
+    dropout_rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, *, deterministic: bool = True) -> jnp.ndarray:
+        """Maps [..., D] to [..., D] through a hidden layer of width `mlp_dim`."""
+        # Tiny bias noise instead of zeros, as in the reference ViT initialisation.
+        dense = dict(
+            dtype=self.dtype,
+            kernel_init=nn.initializers.xavier_uniform(),
+            bias_init=nn.initializers.normal(stddev=1e-6),
+        )
+        width = x.shape[-1]
+        x = nn.Dense(self.mlp_dim, **dense)(x)
+        x = nn.gelu(x)
+        x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+        x = nn.Dense(width, **dense)(x)
+        return nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+
+
+def drop_path(
+    x: jnp.ndarray, rate: float | jnp.ndarray, rng: jax.Array, *, deterministic: bool
+) -> jnp.ndarray:
+    """Stochastic depth: zeroes whole examples of a residual branch with probability `rate`.
+
+    `rate` may be a traced scalar so that a scanned stack can give each layer its own rate.
+    """
+    if deterministic:
+        return x
+    keep_prob = 1.0 - rate
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    keep = jax.random.bernoulli(rng, keep_prob, shape)
+    return jnp.where(keep, x / keep_prob, 0.0).astype(x.dtype)
+
+
+def posemb_sincos_2d(h: int, w: int, width: int, temperature: float = 10_000.0) -> np.ndarray:
+    """Fixed 2-D sine-cosine position embedding [1, h*w, width] (MoCo v3 / big_vision)."""
+    if width % 4:
+        raise ValueError(f"posemb='sincos2d' needs a width divisible by 4, got {width}.")
+    y, x = np.mgrid[:h, :w]
+    quarter = width // 4
+    omega = np.arange(quarter) / max(quarter - 1, 1)
+    omega = 1.0 / (temperature**omega)
+    y = np.einsum("m,d->md", y.flatten(), omega)
+    x = np.einsum("m,d->md", x.flatten(), omega)
+    pe = np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1)
+    return pe[None].astype(np.float32)
+
+
+class AddPositionEmbs(nn.Module):
+    """Adds a learned position embedding `pos_embedding` [1, T, D] (init normal 0.02, BERT)."""
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        """Adds the embedding to tokens [N, T, D]."""
+        pe = self.param(
+            "pos_embedding", nn.initializers.normal(stddev=0.02), (1, *x.shape[1:]), jnp.float32
+        )
+        return x + pe.astype(x.dtype)
+
+
+class MAPHead(nn.Module):
+    """Multihead attention pooling: a learned probe attends over the tokens (big_vision)."""
+
+    num_heads: int
+    mlp_dim: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        """Pools tokens [N, T, D] into [N, D]."""
+        n, _, d = x.shape
+        probe = self.param("probe", nn.initializers.xavier_uniform(), (1, 1, d), jnp.float32)
+        probe = jnp.tile(probe.astype(x.dtype), [n, 1, 1])
+        x, _ = MultiHeadDotProductAttention(self.num_heads, dtype=self.dtype)(probe, x)
+        y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype)(x)
+        x = x + MlpBlock(self.mlp_dim, dtype=self.dtype)(y)
+        return x[:, 0]
