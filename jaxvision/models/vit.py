@@ -191,9 +191,9 @@ class VisionTransformer(nn.Module):
         if not isinstance(self.image_size, int) or self.image_size < step or self.image_size % step:
             what = f"patch_size={self.patch_size}"
             if self.resnet_stages is not None:
-                what += f" times the ResNet stem stride {self.stem_stride}"
+                what += f" times the ResNet stem stride {self.stem_stride} (= {step})"
             raise ValueError(
-                f"image_size={self.image_size!r} must be a positive multiple of {what} (= {step})."
+                f"image_size={self.image_size!r} must be a positive multiple of {what}."
             )
         for name in ("dropout", "attention_dropout", "drop_path"):
             rate = getattr(self, name)
