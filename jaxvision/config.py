@@ -1,0 +1,175 @@
+"""The training config schema: every key jaxvision reads, its default, and its checks.
+
+Experiment files in `configs/` start from `base()` and change fields. The returned
+ConfigDict is locked, so a misspelt key fails at once with the key's name instead of
+being silently ignored; `validate` checks values before anything is compiled.
+"""
+
+import difflib
+
+import ml_collections
+
+# Keys under `model` other than `name` are passed to `jaxvision.models.create` as
+# overrides, so they are free-form (the model constructor rejects unknown ones).
+_FREE_FORM = ("model",)
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "constant")
+
+
+def base() -> ml_collections.ConfigDict:
+    """All config keys with their defaults (a CNN on mnist5k)."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.model = model("cnn")
+
+    c.dataset = ml_collections.ConfigDict()
+    c.dataset.name = "mnist5k"  # a catalog name, any tfds name, or folder:/path
+    c.dataset.data_dir = ""  # tfds data dir; "" = TFDS_DATA_DIR or ~/tensorflow_datasets
+    c.dataset.train_split = ""  # "" = the catalog's default
+    c.dataset.eval_split = ""
+    c.dataset.num_classes = 0  # 0 = from the dataset's info
+    c.dataset.image_size = 0  # 0 = the catalog's default
+    c.dataset.train_pp = ""  # preprocessing ops, e.g. "decode|random_crop(28,2)|value_range"
+    c.dataset.eval_pp = ""
+    c.dataset.shuffle_buffer = 10_000
+    c.dataset.cache = True  # cache the encoded split in memory (small datasets)
+
+    c.batch_size = 128  # global, over all devices and processes
+    c.num_train_steps = -1  # -1: derived from num_epochs
+    c.num_epochs = 10.0
+    c.eval_batch_size = 0  # 0 = batch_size
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.name = "adamw"
+    c.optimizer.learning_rate = 1e-3  # peak learning rate
+    c.optimizer.momentum = 0.9  # sgd
+    c.optimizer.nesterov = False  # sgd
+    c.optimizer.b1 = 0.9  # adamw
+    c.optimizer.b2 = 0.999  # adamw
+    c.optimizer.weight_decay = 0.0
+    c.optimizer.grad_clip_norm = 0.0  # 0 = no clipping
+
+    c.schedule = ml_collections.ConfigDict()
+    c.schedule.name = "cosine"  # linear warmup, then cosine decay to end_factor * peak
+    c.schedule.warmup_steps = 0
+    c.schedule.end_factor = 0.0
+
+    c.log_every_steps = 50
+    c.eval_every_steps = 500  # also at the end; 0 = only at the end
+    c.checkpoint_every_steps = 500  # also at the end
+    c.keep_checkpoints = 3
+    return c
+
+
+def model(name: str, **overrides: object) -> ml_collections.ConfigDict:
+    """The `model` section: a registered name plus overrides passed to `models.create`."""
+    return ml_collections.ConfigDict({"name": name, **overrides})
+
+
+def finalize(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+    """Applies the generic `smoke` arg and locks the config against new keys."""
+    args = [a for a in (arg or "").split(",") if a]
+    if "smoke" in args:
+        shrink_for_smoke(config)
+    config.lock()
+    return config
+
+
+def shrink_for_smoke(config: ml_collections.ConfigDict) -> None:
+    """Shrinks any config to a run of seconds on 2 CPU cores with no download."""
+    from jaxvision.data import catalog
+
+    if not catalog.is_offline(config.dataset.name):
+        config.dataset.name = "shapes"
+        config.dataset.train_split = ""
+        config.dataset.eval_split = ""
+        config.dataset.train_pp = ""
+        config.dataset.eval_pp = ""
+        config.dataset.num_classes = (
+            min(max(config.dataset.num_classes, 2), 10) if (config.dataset.num_classes) else 10
+        )
+    config.batch_size = 32
+    config.eval_batch_size = 64
+    config.num_train_steps = 20
+    config.schedule.warmup_steps = min(config.schedule.warmup_steps, 5)
+    config.log_every_steps = 5
+    config.eval_every_steps = 0
+    config.checkpoint_every_steps = 10
+    config.dataset.shuffle_buffer = 1000
+
+
+def _suggest(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def check_keys(config: ml_collections.ConfigDict, reference=None, prefix: str = "") -> None:
+    """Raises ValueError naming any key the schema does not know (configs not built on base)."""
+    reference = base() if reference is None else reference
+    for key in config:
+        path = f"{prefix}{key}"
+        if key not in reference:
+            raise ValueError(
+                f"Unknown config key {path!r}.{_suggest(key, list(reference.keys()))} "
+                f"Known keys here: {', '.join(sorted(reference.keys()))}."
+            )
+        value, ref = config[key], reference[key]
+        if isinstance(ref, ml_collections.ConfigDict) and key not in _FREE_FORM:
+            if not isinstance(value, ml_collections.ConfigDict):
+                raise ValueError(f"Config key {path!r} must be a section, got {value!r}.")
+            check_keys(value, ref, prefix=f"{path}.")
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_processes: int) -> None:
+    """Checks values a run depends on; raises ValueError naming the key and what to do."""
+    check_keys(config)
+    _require(isinstance(config.model.get("name"), str), "model.name must be a model name string.")
+    b = config.batch_size
+    _require(b > 0, f"batch_size must be positive, got {b}.")
+    _require(
+        b % num_devices == 0,
+        f"batch_size={b} is not divisible by the number of devices ({num_devices}). "
+        f"Use a multiple of {num_devices}, e.g. "
+        f"--config.batch_size={max(1, b // num_devices) * num_devices}.",
+    )
+    _require(
+        b % num_processes == 0, f"batch_size={b} is not divisible by {num_processes} processes."
+    )
+    eb = config.eval_batch_size or b
+    _require(
+        eb > 0 and eb % num_devices == 0,
+        f"eval_batch_size={eb} must be positive and divisible by the {num_devices} devices.",
+    )
+    _require(
+        config.num_train_steps > 0 or (config.num_train_steps == -1 and config.num_epochs > 0),
+        f"Set num_train_steps > 0 or num_epochs > 0 (got num_train_steps={config.num_train_steps}, "
+        f"num_epochs={config.num_epochs}).",
+    )
+    opt = config.optimizer
+    _require(
+        opt.name in OPTIMIZERS,
+        f"Unknown optimizer.name {opt.name!r}.{_suggest(opt.name, list(OPTIMIZERS))} "
+        f"Known: {', '.join(OPTIMIZERS)}.",
+    )
+    _require(
+        opt.learning_rate > 0, f"optimizer.learning_rate must be > 0, got {opt.learning_rate}."
+    )
+    _require(opt.weight_decay >= 0, f"optimizer.weight_decay must be >= 0, got {opt.weight_decay}.")
+    sched = config.schedule
+    _require(
+        sched.name in SCHEDULES,
+        f"Unknown schedule.name {sched.name!r}. Known: {', '.join(SCHEDULES)}.",
+    )
+    _require(
+        sched.warmup_steps >= 0, f"schedule.warmup_steps must be >= 0, got {sched.warmup_steps}."
+    )
+    for key in ("log_every_steps", "checkpoint_every_steps"):
+        _require(config[key] > 0, f"{key} must be positive, got {config[key]}.")
+    _require(config.eval_every_steps >= 0, "eval_every_steps must be >= 0 (0 = only at the end).")
+    _require(config.keep_checkpoints >= 1, "keep_checkpoints must be >= 1.")

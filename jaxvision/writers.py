@@ -1,0 +1,85 @@
+"""The one metric writer: metrics.jsonl, TensorBoard event files and a console line."""
+
+import json
+import math
+import os
+import time
+
+import jax
+
+from jaxvision.console import log
+
+
+def _format_eta(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class MetricWriter:
+    """Writes scalars from process 0 only; other processes' calls are no-ops."""
+
+    def __init__(self, workdir: str, *, resume_step: int = 0):
+        self.enabled = jax.process_index() == 0
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._tb = None
+        if not self.enabled:
+            return
+        if resume_step and os.path.exists(self.path):
+            self._truncate_after(resume_step)
+        import tensorflow as tf
+
+        self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+
+    def _truncate_after(self, step: int) -> None:
+        """Drops lines a killed run logged after its last checkpoint; they will be redone."""
+        with open(self.path) as f:
+            lines = [ln for ln in f if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        with open(self.path, "w") as f:
+            f.writelines(lines)
+
+    def write(self, step: int, scalars: dict[str, float]) -> None:
+        """Appends one JSON line and TensorBoard scalars for `step`."""
+        if not self.enabled:
+            return
+        record = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        import tensorflow as tf
+
+        with self._tb.as_default(step=int(step)):
+            for k, v in scalars.items():
+                tf.summary.scalar(k, float(v))
+        self._tb.flush()
+
+    def close(self) -> None:
+        """Flushes TensorBoard files."""
+        if self._tb is not None:
+            self._tb.close()
+
+
+class Progress:
+    """A console progress line: step, loss, lr, img/s and ETA."""
+
+    def __init__(self, total_steps: int, start_step: int, batch_size: int):
+        self.total = total_steps
+        self.batch_size = batch_size
+        self._last_step = start_step
+        self._last_time = time.perf_counter()
+
+    def rate(self, step: int) -> tuple[float, float]:
+        """(img/s, seconds per step) since the last call."""
+        now = time.perf_counter()
+        steps = max(step - self._last_step, 1)
+        dt = now - self._last_time
+        self._last_step, self._last_time = step, now
+        return steps * self.batch_size / dt, dt / steps
+
+    def line(self, step: int, scalars: dict[str, float], img_per_s: float) -> None:
+        """Logs one line for `step`."""
+        eta = (self.total - step) * self.batch_size / max(img_per_s, 1e-9)
+        parts = [f"step {step}/{self.total}"]
+        parts += [f"{k.split('/')[-1]} {v:.4g}" for k, v in scalars.items()]
+        parts += [f"{img_per_s:.0f} img/s", f"ETA {_format_eta(eta)}"]
+        log.info(" | ".join(parts))
