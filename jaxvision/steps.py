@@ -63,7 +63,9 @@ def train_step(
             mutable=["batch_stats"] if has_bn else False,
         )
         logits, updates = out if has_bn else (out, {})
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+        # Optional per-example weights (class-weighted loss) come with the batch.
+        loss = jnp.mean(losses * batch["weight"]) if "weight" in batch else jnp.mean(losses)
         return loss, (logits, updates)
 
     (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

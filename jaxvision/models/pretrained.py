@@ -23,6 +23,7 @@ Usage:
 import logging
 import math
 import os
+import re
 import tempfile
 import urllib.request
 from pathlib import Path
@@ -353,13 +354,14 @@ def _check(source: dict[str, Flat], expected: dict[str, Flat], path: Path, model
             rows.append((what, prefix + k, str(exp or "-"), str(got or "-")))
     if not rows:
         return
+    counts = {w: sum(r[0] == w for r in rows) for w in ("missing", "unexpected", "mis-shaped")}
+    rows = _collapse_blocks(rows)
     limit = 40
-    width = min(max(len(r[1]) for r in rows), 70)
+    width = min(max(len(r[1]) for r in rows), 80)
     lines = [f"{'':10}  {'key':{width}}  {'model expects':18}  {'file has':18}"]
     lines += [f"{w:10}  {k:{width}}  {e:18}  {g:18}" for w, k, e, g in rows[:limit]]
     if len(rows) > limit:
         lines.append(f"... and {len(rows) - limit} more")
-    counts = {w: sum(r[0] == w for r in rows) for w in ("missing", "unexpected", "mis-shaped")}
     raise ValueError(
         f"Checkpoint {path} does not fit the model {type(model).__name__} "
         f"({', '.join(f'{n} {w}' for w, n in counts.items())}):\n"
@@ -369,6 +371,25 @@ def _check(source: dict[str, Flat], expected: dict[str, Flat], path: Path, model
         "patch size, pool, representation_size, ResNet depth); the head, position-embedding "
         "grid and scan layout are adapted automatically."
     )
+
+
+def _collapse_blocks(rows: list[tuple[str, str, str, str]]) -> list[tuple[str, str, str, str]]:
+    """Merges rows that differ only in the block index: `encoderblock_{0-11}/...`."""
+    groups: dict[tuple[str, str, str, str], list[int]] = {}
+    for what, key, exp, got in rows:
+        m = re.search(r"encoderblock_(\d+)/", key)
+        pattern = key if m is None else key[: m.start(1)] + "{}" + key[m.end(1) :]
+        groups.setdefault((what, pattern, exp, got), []).append(-1 if m is None else int(m[1]))
+    out = []
+    for (what, pattern, exp, got), idx in groups.items():
+        if idx != [-1]:
+            span = f"{idx[0]}" if len(idx) == 1 else f"{{{min(idx)}-{max(idx)}}}"
+            if len(idx) > 1 and sorted(idx) != list(range(min(idx), max(idx) + 1)):
+                span = "{" + ",".join(map(str, sorted(idx))) + "}"
+            pattern = pattern.replace("{}", span)
+        out.append((what, pattern, exp, got))
+    order = {"mis-shaped": 0, "missing": 1, "unexpected": 2}
+    return sorted(out, key=lambda r: (order[r[0]], r[1]))
 
 
 def _describe(params: Flat) -> str:

@@ -66,7 +66,8 @@ class EncoderBlock(nn.Module):
         det = self.deterministic
 
         def branch(y: jnp.ndarray) -> jnp.ndarray:
-            if not self.use_drop_path:
+            # No rng is needed (or drawn) at eval time, so init works without a dropout key.
+            if not self.use_drop_path or det:
                 return y
             return drop_path(y, drop_rate, self.make_rng("dropout"), deterministic=det)
 
