@@ -105,21 +105,19 @@ def load_pretrained(
             f"{path} is an incomplete {kind} checkpoint: key {e} is missing. "
             "Check that the file is a complete ViT or ResNet checkpoint."
         ) from e
-    fresh: list[Variables] = []
-
-    def fresh_init() -> Variables:
-        # Only initialised when needed: a full init costs a forward pass of the model.
-        if not fresh:
-            key = jax.random.PRNGKey(0) if rng is None else rng
-            dummy = jnp.zeros((1, size, size, _in_channels(raw)), jnp.float32)
-            init = jax.jit(lambda k: model.init(k, dummy, train=False))
-            fresh.append({c: _flatten(v) for c, v in init(key).items()})
-        return fresh[0]
-
     notes: list[str] = []
-    source = _fit_to_model(source, expected, path, fresh_init, notes)
+    source = _fit_to_model(source, expected, path, notes)
     _check(source, expected, path, model)
-    for note in notes:  # only once the file is known to fit, so they are not noise
+    reinit = [(c, k) for c, flat in source.items() for k, v in flat.items() if _is_placeholder(v)]
+    if reinit:
+        # Only now, once the file is known to fit: a full init costs a forward pass.
+        key = jax.random.PRNGKey(0) if rng is None else rng
+        dummy = jnp.zeros((1, size, size, _in_channels(raw)), jnp.float32)
+        fresh = jax.jit(lambda k: model.init(k, dummy, train=False))(key)
+        fresh = {c: _flatten(v) for c, v in fresh.items()}
+        for c, k in reinit:
+            source[c][k] = fresh[c][k]
+    for note in notes:
         log.warning("load_pretrained: %s", note)
     return {
         c: traverse_util.unflatten_dict(
@@ -250,10 +248,12 @@ def _fit_to_model(
     source: dict[str, Flat],
     expected: dict[str, Flat],
     path: Path,
-    fresh_init: Any,
     notes: list[str],
 ) -> dict[str, Flat]:
-    """Adapts layout differences that keep the function: scan, posemb, head, squeezed dims."""
+    """Adapts layout differences that keep the function: scan, posemb, head, squeezed dims.
+
+    A head that does not fit becomes shape placeholders, filled from a fresh init later.
+    """
     params = dict(source.get("params", {}))
     want = expected.get("params", {})
     if any(k.startswith("Transformer/encoderblock/") for k in want):
@@ -273,7 +273,7 @@ def _fit_to_model(
             "freshly initialised head."
         )
         params = {k: v for k, v in params.items() if not k.startswith("head/")}
-        params.update({k: fresh_init()["params"][k] for k in head_keys})
+        params.update({k: jax.ShapeDtypeStruct(want[k].shape, want[k].dtype) for k in head_keys})
     out = {"params": params}
     if "batch_stats" in source:
         out["batch_stats"] = dict(source["batch_stats"])
@@ -281,9 +281,17 @@ def _fit_to_model(
         for k, v in flat.items():
             target = expected.get(c, {}).get(k)
             # Old checkpoints store GroupNorm scale/bias as [1, 1, 1, C].
-            if target is not None and _same_up_to_unit_dims(v.shape, target.shape):
+            if (
+                target is not None
+                and not _is_placeholder(v)
+                and _same_up_to_unit_dims(v.shape, target.shape)
+            ):
                 flat[k] = np.reshape(v, target.shape)
     return out
+
+
+def _is_placeholder(value: Any) -> bool:
+    return isinstance(value, jax.ShapeDtypeStruct)
 
 
 def _same_up_to_unit_dims(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
