@@ -309,7 +309,7 @@ def test_download_rejects_unknown_names_and_knows_the_published_files(tmp_path):
 # timm safetensors: small PyTorch modules with timm's state-dict keys are the reference.
 
 
-def _torch_vit(torch, classes: int):
+def _torch_vit(torch, classes: int, pool: str = "token"):
     nn = torch.nn
 
     class Attention(nn.Module):
@@ -344,23 +344,49 @@ def _torch_vit(torch, classes: int):
             x = x + self.attn(self.norm1(x))
             return x + self.mlp(self.norm2(x))
 
+    class AttentionPoolLatent(nn.Module):
+        """timm's MAP head: a learned latent attends over the tokens."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.latent = nn.Parameter(torch.zeros(1, 1, WIDTH))
+            self.q, self.kv = nn.Linear(WIDTH, WIDTH), nn.Linear(WIDTH, 2 * WIDTH)
+            self.proj = nn.Linear(WIDTH, WIDTH)
+            self.norm, self.mlp = nn.LayerNorm(WIDTH, eps=1e-6), Mlp()
+
+        def forward(self, x):
+            b, t, c = x.shape
+            q = self.q(self.latent.expand(b, -1, -1)).reshape(b, 1, HEADS, -1).transpose(1, 2)
+            k, v = self.kv(x).reshape(b, t, 2, HEADS, c // HEADS).permute(2, 0, 3, 1, 4)
+            att = ((q @ k.transpose(-2, -1)) / math.sqrt(c // HEADS)).softmax(-1)
+            x = self.proj((att @ v).transpose(1, 2).reshape(b, 1, c))
+            return (x + self.mlp(self.norm(x)))[:, 0]
+
     class VisionTransformer(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.patch_embed = nn.Module()
             self.patch_embed.proj = nn.Conv2d(3, WIDTH, PATCH, PATCH)
-            self.cls_token = nn.Parameter(torch.zeros(1, 1, WIDTH))
-            self.pos_embed = nn.Parameter(torch.zeros(1, (IMAGE // PATCH) ** 2 + 1, WIDTH))
+            tokens = (IMAGE // PATCH) ** 2
+            if pool == "token":
+                self.cls_token = nn.Parameter(torch.zeros(1, 1, WIDTH))
+                tokens += 1
+            self.pos_embed = nn.Parameter(torch.zeros(1, tokens, WIDTH))
             self.blocks = nn.ModuleList([Block() for _ in range(DEPTH)])
             self.norm = nn.LayerNorm(WIDTH, eps=1e-6)
+            if pool == "map":
+                self.attn_pool = AttentionPoolLatent()
             self.head = nn.Linear(WIDTH, classes)
 
         def forward(self, x):
             x = self.patch_embed.proj(x).flatten(2).transpose(1, 2)
-            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+            if pool == "token":
+                x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+            x = x + self.pos_embed
             for block in self.blocks:
                 x = block(x)
-            return self.head(self.norm(x)[:, 0])
+            x = self.norm(x)
+            return self.head(x[:, 0] if pool == "token" else self.attn_pool(x))
 
     return VisionTransformer()
 
@@ -429,7 +455,7 @@ def _randomise(torch, module) -> None:
             r = torch.randn(t.shape, generator=gen)
             if name.endswith("running_var"):
                 t.copy_(0.5 + torch.rand(t.shape, generator=gen))
-            elif name.endswith(("cls_token", "pos_embed")):
+            elif name.endswith(("cls_token", "pos_embed", "latent")):
                 t.copy_(0.5 * r)
             elif t.ndim == 1:
                 is_scale = name.endswith("weight")
@@ -448,11 +474,12 @@ def _save_and_reference(torch, module, path, images: np.ndarray) -> np.ndarray:
         return module(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
 
 
-def test_timm_vit_safetensors_matches_torch(tmp_path, images):
+@pytest.mark.parametrize("pool", ["token", "map"])
+def test_timm_vit_safetensors_matches_torch(tmp_path, images, pool):
     torch = pytest.importorskip("torch", reason="pip install -e '.[torch]' for timm tests")
     path = tmp_path / "model.safetensors"
-    expected = _save_and_reference(torch, _torch_vit(torch, CLASSES), path, images)
-    model = tiny_vit()
+    expected = _save_and_reference(torch, _torch_vit(torch, CLASSES, pool), path, images)
+    model = tiny_vit(pool=pool)
     variables = load_pretrained(path, model)
     np.testing.assert_allclose(logits_of(model, variables, images), expected, atol=1e-4, rtol=1e-4)
 
@@ -480,3 +507,29 @@ def test_truncated_safetensors(tmp_path):
     path.write_bytes(path.read_bytes()[:-100])
     with pytest.raises(ValueError, match=r"cut\.safetensors is not a readable \.safetensors"):
         load_pretrained(path, tiny_vit())
+
+
+def test_hybrid_npz_with_old_groupnorm_shapes_round_trips(tmp_path):
+    # Published R50+ViT files store GroupNorm scale/bias as [1, 1, 1, C] (pre-Linen).
+    model = create("r_ti16", num_classes=CLASSES, image_size=64, depth=1)
+    images = np.random.RandomState(5).randn(2, 64, 64, 3).astype(np.float32)
+    init = model.init(jax.random.PRNGKey(1), images)
+    rs = np.random.RandomState(6)
+    flat = {
+        "/".join(k): (np.asarray(v) + 0.1 * rs.randn(*v.shape)).astype(np.float32)
+        for k, v in traverse_util.flatten_dict(init["params"]).items()
+    }
+    published = {
+        k: v.reshape(1, 1, 1, -1) if any(part.startswith("gn") for part in k.split("/")) else v
+        for k, v in flat.items()
+    }
+    assert published["gn_root/scale"].shape == (1, 1, 1, 64)
+    path = tmp_path / "R_Ti_16.npz"
+    np.savez(path, **published)
+    variables = load_pretrained(path, model)
+    params = {
+        "params": traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
+    }
+    np.testing.assert_allclose(
+        logits_of(model, variables, images), logits_of(model, params, images), atol=1e-6
+    )

@@ -201,9 +201,13 @@ def _image_size(model: nn.Module, image_size: int | None) -> int:
 
 def _in_channels(raw: Flat) -> int:
     """Input channels of the checkpoint's first conv (HWIO in npz, OIHW in timm)."""
+    # The hybrid's ResNet root comes before its `embedding`, so it is looked at first.
     for key, axis in (
-        ("embedding/kernel", 2),
         ("conv_root/kernel", 2),
+        ("params/conv_root/kernel", 2),
+        ("stem_conv/kernel", 2),
+        ("params/stem_conv/kernel", 2),
+        ("embedding/kernel", 2),
         ("params/embedding/kernel", 2),
         ("patch_embed.proj.weight", 1),
         ("conv1.weight", 1),
