@@ -5,6 +5,7 @@ forward passes (NumPy for the JAX layouts, PyTorch modules with timm's names for
 import logging
 import math
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -533,3 +534,24 @@ def test_hybrid_npz_with_old_groupnorm_shapes_round_trips(tmp_path):
     np.testing.assert_allclose(
         logits_of(model, variables, images), logits_of(model, params, images), atol=1e-6
     )
+
+
+def test_image_size_must_match_a_model_with_fixed_size(tmp_path):
+    path = tmp_path / "vit.npz"
+    np.savez(path, **random_vit())
+    with pytest.raises(ValueError, match="Create the model with image_size=32"):
+        load_pretrained(path, tiny_vit(), image_size=32)
+
+
+def test_unknown_timm_keys_are_reported(tmp_path):
+    from safetensors.numpy import save_file
+
+    sd = {"patch_embed.proj.weight": np.zeros((WIDTH, 3, PATCH, PATCH), np.float32)}
+    sd |= {"patch_embed.proj.bias": np.zeros(WIDTH, np.float32)}
+    sd |= {"fc_norm.weight": np.ones(WIDTH, np.float32)}
+    path = tmp_path / "gap.safetensors"
+    save_file(sd, str(path))
+    with pytest.raises(ValueError) as e:
+        load_pretrained(path, tiny_vit())
+    assert re.search(r"unexpected\s+\(timm\) fc_norm\.weight", str(e.value))
+    assert re.search(r"missing\s+Transformer/encoderblock_\{0-1\}/LayerNorm_0/scale", str(e.value))
