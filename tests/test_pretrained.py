@@ -514,11 +514,11 @@ def test_hybrid_npz_with_old_groupnorm_shapes_round_trips(tmp_path):
     # Published R50+ViT files store GroupNorm scale/bias as [1, 1, 1, C] (pre-Linen).
     model = create("r_ti16", num_classes=CLASSES, image_size=64, depth=1)
     images = np.random.RandomState(5).randn(2, 64, 64, 3).astype(np.float32)
-    init = model.init(jax.random.PRNGKey(1), images)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(1), images))
     rs = np.random.RandomState(6)
     flat = {
-        "/".join(k): (np.asarray(v) + 0.1 * rs.randn(*v.shape)).astype(np.float32)
-        for k, v in traverse_util.flatten_dict(init["params"]).items()
+        "/".join(k): (0.5 * rs.randn(*v.shape)).astype(np.float32)
+        for k, v in traverse_util.flatten_dict(shapes["params"]).items()
     }
     published = {
         k: v.reshape(1, 1, 1, -1) if any(part.startswith("gn") for part in k.split("/")) else v
@@ -531,9 +531,9 @@ def test_hybrid_npz_with_old_groupnorm_shapes_round_trips(tmp_path):
     params = {
         "params": traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
     }
-    np.testing.assert_allclose(
-        logits_of(model, variables, images), logits_of(model, params, images), atol=1e-6
-    )
+    expected = logits_of(model, params, images)
+    assert expected.std() > 0.1  # a real function of the weights, not all zeros
+    np.testing.assert_allclose(logits_of(model, variables, images), expected, atol=1e-5)
 
 
 def test_image_size_must_match_a_model_with_fixed_size(tmp_path):
