@@ -1,0 +1,262 @@
+"""Evaluate a trained run: python -m jaxvision.evaluate --workdir=DIR [--split=test] ...
+
+Writes DIR/eval/<split>/report.json (every metric of `jaxvision.metrics`),
+predictions.npz (labels and logits per example), PNGs (confusion matrix, ROC curves,
+reliability diagram, training curves) and summary.md. `--compare DIR2 ...` evaluates
+further workdirs the same way and prints one side-by-side table (ablations).
+"""
+
+import argparse
+import functools
+import json
+import os
+import re
+import sys
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxvision import data, metrics, parallel, plots
+from jaxvision import workdir as workdir_lib
+from jaxvision.console import log
+
+
+def forward_split(
+    model: Any, variables: dict, eval_data: data.EvalData, mesh: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """Labels [N] and logits [N, K] of every (unpadded) example of an eval split."""
+    replicated = parallel.replicated(mesh)
+
+    # Outputs are replicated so every process can read whole batches (multi-host safe).
+    @functools.partial(
+        jax.jit,
+        in_shardings=(replicated, parallel.batch_sharding(mesh)),
+        out_shardings=replicated,
+    )
+    def forward(variables, batch):
+        logits = model.apply(variables, batch["image"], train=False)
+        return logits, batch["label"], batch["mask"]
+
+    variables = jax.device_put(variables, replicated)
+    all_logits, all_labels = [], []
+    for batch in eval_data:
+        logits, labels, mask = jax.device_get(forward(variables, batch))
+        keep = mask > 0
+        all_logits.append(logits[keep])
+        all_labels.append(labels[keep])
+    return np.concatenate(all_labels).astype(np.int64), np.concatenate(all_logits)
+
+
+def logged_eval(workdir: str, step: int) -> dict[str, float]:
+    """The eval metrics training logged at `step` (empty if it logged none there)."""
+    found = {}
+    for record in workdir_lib.metrics_records(workdir):
+        if int(record["step"]) == step:
+            found.update({k: v for k, v in record.items() if k.startswith("eval/")})
+    return found
+
+
+def output_dir(workdir: str, split: str, *, checkpoint: str = "latest", ema: bool = False) -> str:
+    """DIR/eval/<split>[-ema][-step<N>|-best]: one directory per evaluated variant."""
+    name = re.sub(r"[^A-Za-z0-9_.+-]+", "_", split).strip("_") or "split"
+    if ema:
+        name += "-ema"
+    if checkpoint != "latest":
+        name += "-best" if checkpoint == "best" else f"-step{checkpoint}"
+    return os.path.join(workdir, "eval", name)
+
+
+def build_report(
+    run: workdir_lib.LoadedRun, split: str, labels: np.ndarray, logits: np.ndarray, **meta: Any
+) -> dict[str, Any]:
+    """Metrics plus what was evaluated and what training logged for that checkpoint."""
+    report = {
+        "workdir": run.workdir,
+        "model": run.config.model.name,
+        "dataset": run.info.spec.name,
+        "split": split,
+        "step": run.step,
+        "ema": run.ema,
+        **meta,
+        "training_logged": logged_eval(run.workdir, run.step),
+    }
+    report.update(metrics.classification_report(labels, logits, run.class_names))
+    return report
+
+
+def summary_markdown(report: dict[str, Any]) -> str:
+    """A short human-readable summary of a report."""
+    avg = report["precision_recall_f1"]
+    auc = report["roc_auc"]["macro"]
+    lines = [
+        f"# {report['model']} on {report['dataset']} ({report['split']})",
+        "",
+        f"Checkpoint step {report['step']}{' (EMA weights)' if report['ema'] else ''}, "
+        f"{report['num_examples']} examples, {report['num_classes']} classes.",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| top-1 accuracy | {report['accuracy']:.4f} |",
+        f"| top-{report['top_k']} accuracy | {report['top5_accuracy']:.4f} |",
+        f"| loss | {report['loss']:.4f} |",
+        f"| macro F1 | {avg['macro']['f1']:.4f} |",
+        f"| weighted F1 | {avg['weighted']['f1']:.4f} |",
+        f"| ROC-AUC (macro, one-vs-rest) | {'n/a' if auc is None else f'{auc:.4f}'} |",
+        f"| ECE | {report['ece']:.4f} |",
+        "",
+    ]
+    worst = sorted(report["per_class"], key=lambda r: r["f1"])[:5]
+    lines += ["Lowest-F1 classes:", ""]
+    lines += [f"- {r['name']}: F1 {r['f1']:.3f} (support {r['support']})" for r in worst]
+    figures = ["confusion_matrix.png", "roc_curves.png", "reliability.png", "training_curves.png"]
+    lines += ["", *[f"![{f[:-4]}]({f})" for f in figures if f in report["figures"]], ""]
+    return "\n".join(lines)
+
+
+def write_report(
+    out_dir: str, report: dict[str, Any], labels: np.ndarray, logits: np.ndarray
+) -> dict[str, Any]:
+    """Writes report.json, predictions.npz, the PNGs and summary.md into `out_dir`."""
+    os.makedirs(out_dir, exist_ok=True)
+    probs = metrics.softmax(logits)
+    names = [row["name"] for row in report["per_class"]]
+    figures = [
+        plots.confusion_matrix(
+            report["confusion_matrix"], names, os.path.join(out_dir, "confusion_matrix.png")
+        ),
+        plots.roc_curves(labels, probs, names, os.path.join(out_dir, "roc_curves.png")),
+        plots.reliability_diagram(
+            report["calibration"], report["ece"], os.path.join(out_dir, "reliability.png")
+        ),
+        plots.training_curves(
+            workdir_lib.metrics_records(report["workdir"]),
+            os.path.join(out_dir, "training_curves.png"),
+        ),
+    ]
+    report["figures"] = [os.path.basename(f) for f in figures if f]
+    np.savez_compressed(os.path.join(out_dir, "predictions.npz"), labels=labels, logits=logits)
+    with open(os.path.join(out_dir, "report.json"), "w") as f:
+        json.dump(report, f, indent=2)
+        f.write("\n")
+    with open(os.path.join(out_dir, "summary.md"), "w") as f:
+        f.write(summary_markdown(report))
+    return report
+
+
+def evaluate_workdir(
+    workdir: str, *, split: str | None = None, checkpoint: str = "latest", ema: bool = False
+) -> dict[str, Any]:
+    """Restores a checkpoint of `workdir`, evaluates it on `split` and writes the report."""
+    mesh = parallel.make_mesh()
+    run = workdir_lib.load(workdir, checkpoint_step=checkpoint, ema=ema, mesh=mesh)
+    split = split or run.info.spec.eval_split
+    try:
+        eval_data = data.eval_batches(run.config, run.info, mesh, split=split)
+    except (KeyError, ValueError) as e:
+        raise workdir_lib.WorkdirError(
+            f"--split={split!r} is not usable for {run.info.spec.name}: {e}"
+        ) from e
+    labels, logits = forward_split(run.model, run.variables, eval_data, mesh)
+    report = build_report(run, split, labels, logits, checkpoint=checkpoint)
+    out_dir = output_dir(run.workdir, split, checkpoint=checkpoint, ema=ema)
+    if jax.process_index() == 0:
+        write_report(out_dir, report, labels, logits)
+        log.info("Wrote %s (top-1 %.4f).", os.path.join(out_dir, "report.json"), report["accuracy"])
+    return report
+
+
+def after_training(workdir: str, config: Any, info: data.DataInfo, model: Any, state: Any) -> None:
+    """End of training: training curves and the eval report of the final state."""
+    if jax.process_count() > 1:
+        # The eval split is spread over processes; the report needs all of it in one place.
+        plots.training_curves(
+            workdir_lib.metrics_records(workdir), os.path.join(workdir, "training_curves.png")
+        )
+        log.info("Multi-process run: for the eval report run python -m jaxvision.evaluate.")
+        return
+    mesh = parallel.make_mesh()
+    run = workdir_lib.LoadedRun(
+        workdir=os.path.abspath(workdir),
+        config=config,
+        info=info,
+        model=model,
+        variables=workdir_lib.inference_variables(state),
+        step=int(jax.device_get(state.step)),
+        ema=False,
+    )
+    split = info.spec.eval_split
+    labels, logits = forward_split(
+        model, run.variables, data.eval_batches(config, info, mesh), mesh
+    )
+    report = build_report(run, split, labels, logits, checkpoint="latest")
+    out_dir = output_dir(run.workdir, split)
+    write_report(out_dir, report, labels, logits)
+    plots.training_curves(
+        workdir_lib.metrics_records(workdir), os.path.join(workdir, "training_curves.png")
+    )
+    log.info("Eval report: %s", os.path.join(out_dir, "summary.md"))
+
+
+def compare_table(reports: list[dict[str, Any]]) -> str:
+    """A markdown table with one row per evaluated workdir."""
+    header = (
+        "| workdir | model | dataset | split | step | top-1 | top-5 | loss | macro F1 | AUC | ECE |"
+    )
+    rows = [header, "|" + "---|" * 11]
+    for r in reports:
+        auc = r["roc_auc"]["macro"]
+        rows.append(
+            f"| {r['workdir']} | {r['model']} | {r['dataset']} | {r['split']} | {r['step']} "
+            f"| {r['accuracy']:.4f} | {r['top5_accuracy']:.4f} | {r['loss']:.4f} "
+            f"| {r['precision_recall_f1']['macro']['f1']:.4f} "
+            f"| {'n/a' if auc is None else f'{auc:.4f}'} | {r['ece']:.4f} |"
+        )
+    return "\n".join(rows)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Command-line flags."""
+    p = argparse.ArgumentParser(prog="python -m jaxvision.evaluate", description=__doc__)
+    p.add_argument("--workdir", required=True, help="a training run's workdir")
+    p.add_argument("--split", default=None, help="tfds split (default: the run's eval split)")
+    p.add_argument("--checkpoint", default="latest", help="latest | best | a step number")
+    p.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
+    p.add_argument("--compare", nargs="+", default=[], metavar="DIR", help="more workdirs")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the command; returns the process exit code (2 for bad input)."""
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    from jaxvision import console
+
+    console.setup()
+    workdirs = [args.workdir, *args.compare]
+    try:
+        # Validate every workdir before evaluating any, so bad input writes nothing.
+        for w in workdirs:
+            workdir_lib.load_config(w)
+            if not os.path.isdir(os.path.join(w, "checkpoints")):
+                raise workdir_lib.WorkdirError(f"{w!r} holds no checkpoints/ directory.")
+        reports = [
+            evaluate_workdir(w, split=args.split, checkpoint=args.checkpoint, ema=args.ema)
+            for w in workdirs
+        ]
+    except (workdir_lib.WorkdirError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    table = compare_table(reports)
+    print(table)
+    if args.compare and jax.process_index() == 0:
+        first = reports[0]
+        out_dir = output_dir(
+            first["workdir"], first["split"], checkpoint=args.checkpoint, ema=args.ema
+        )
+        with open(os.path.join(out_dir, "compare.md"), "w") as f:
+            f.write(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

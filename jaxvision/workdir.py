@@ -1,0 +1,188 @@
+"""Load a trained run from its workdir for inference: config, dataset info, model, weights.
+
+The one loader behind `evaluate`, `predict` and `export`: it rebuilds the model from
+`config.json`, restores one checkpoint (latest, best or a step) and hands back the
+variables `model.apply` needs. Every failure names the path and what to do.
+"""
+
+import dataclasses
+import functools
+import json
+import math
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+
+from jaxvision import checkpoint, data, optim, parallel, steps, train
+from jaxvision import config as config_lib
+
+
+class WorkdirError(ValueError):
+    """A workdir cannot be used as asked; the message says why and what to do."""
+
+
+@dataclasses.dataclass
+class LoadedRun:
+    """A restored run: everything needed to run its model on new images."""
+
+    workdir: str
+    config: ml_collections.ConfigDict
+    info: data.DataInfo
+    model: nn.Module
+    variables: dict[str, Any]
+    step: int
+    ema: bool
+
+    @property
+    def class_names(self) -> list[str]:
+        """Label names, or the class indices as strings when the dataset has none."""
+        names = self.info.class_names
+        return list(names) if names else [str(i) for i in range(self.info.num_classes)]
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    """The run's `config.json` on top of today's defaults, locked like a config file."""
+    if not os.path.isdir(workdir):
+        raise WorkdirError(
+            f"Workdir {workdir!r} does not exist. Pass the --workdir a training run wrote."
+        )
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise WorkdirError(
+            f"{path} not found: {workdir!r} is not a jaxvision training workdir. "
+            "Train first with python -m jaxvision.main --config=... --workdir=DIR."
+        )
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except json.JSONDecodeError as e:
+        raise WorkdirError(f"{path} is not valid JSON ({e}); the run's config is damaged.") from e
+    config = config_lib.base()
+    # Keys added to the schema after this run was trained keep their defaults.
+    for key, value in saved.items():
+        if isinstance(value, dict) and key != "model" and key in config:
+            for sub, v in value.items():
+                config[key][sub] = v
+        else:
+            config[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
+    config_lib.check_keys(config)
+    config.lock()
+    return config
+
+
+def metrics_records(workdir: str) -> list[dict[str, float]]:
+    """Every line of the run's `metrics.jsonl` (empty if it has none)."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _best_step(workdir: str, available: list[int]) -> int:
+    accuracy = {
+        int(r["step"]): r["eval/accuracy"] for r in metrics_records(workdir) if "eval/accuracy" in r
+    }
+    scored = [s for s in available if s in accuracy]
+    if not scored:
+        raise WorkdirError(
+            f"--checkpoint=best needs eval/accuracy logged at a kept checkpoint step; "
+            f"{workdir}/metrics.jsonl has none for steps {available}. Use latest or a step."
+        )
+    return max(scored, key=lambda s: (accuracy[s], s))
+
+
+def choose_step(workdir: str, ckpts: checkpoint.Checkpoints, which: str) -> int:
+    """Resolves "latest", "best" (highest logged eval accuracy) or a step number."""
+    available = ckpts.all_steps()
+    if not available:
+        raise WorkdirError(
+            f"No finished checkpoint in {ckpts.directory}. Train (or resume) the run first."
+        )
+    if which == "latest":
+        return available[-1]
+    if which == "best":
+        return _best_step(workdir, available)
+    try:
+        step = int(which)
+    except ValueError:
+        raise WorkdirError(f"--checkpoint={which!r}: use latest, best or a step number.") from None
+    if step not in available:
+        raise WorkdirError(
+            f"No checkpoint at step {step} in {ckpts.directory}; available steps: {available}."
+        )
+    return step
+
+
+def _abstract_state(
+    config: ml_collections.ConfigDict, info: data.DataInfo, model: nn.Module, mesh: Any
+) -> steps.TrainState:
+    """The checkpoint's structure, shapes and shardings, without computing any weights."""
+    total = train.num_train_steps(config, info.num_train)
+    tx = optim.build(config, total)
+    init = functools.partial(steps.init_state, model, tx, config.seed, info.image_shape)
+    shapes = jax.eval_shape(init)
+    sharding = parallel.replicated(mesh)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
+
+
+def inference_variables(state: steps.TrainState, *, ema: bool = False) -> dict[str, Any]:
+    """The `variables` for `model.apply` from a train state (EMA weights if asked)."""
+    params = state.params
+    if ema:
+        params = getattr(state, "ema_params", None)
+        if params is None or not jax.tree.leaves(params):
+            raise WorkdirError(
+                "--ema: this run has no EMA parameters (it was trained without an exponential "
+                "moving average of the weights). Drop --ema to use the trained weights."
+            )
+    variables = {"params": params}
+    if state.batch_stats:
+        variables["batch_stats"] = state.batch_stats
+    return variables
+
+
+def load(
+    workdir: str, *, checkpoint_step: str = "latest", ema: bool = False, mesh: Any = None
+) -> LoadedRun:
+    """Restores `workdir`'s chosen checkpoint; raises WorkdirError with the reason otherwise."""
+    config = load_config(workdir)
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(ckpt_dir):
+        # Checked before Orbax sees the path: its manager would create the directory.
+        raise WorkdirError(
+            f"{workdir!r} holds no checkpoints/ directory; train (or resume) the run first."
+        )
+    info = data.prepare(config)
+    model = train.create_model(config, info.num_classes)
+    mesh = mesh or parallel.make_mesh()
+    ckpts = checkpoint.Checkpoints(ckpt_dir, keep=max(config.keep_checkpoints, 1))
+    try:
+        step = choose_step(workdir, ckpts, str(checkpoint_step))
+        state, _ = ckpts.restore(step, _abstract_state(config, info, model, mesh))
+    finally:
+        ckpts.close()
+    return LoadedRun(
+        workdir=os.path.abspath(workdir),
+        config=config,
+        info=info,
+        model=model,
+        variables=inference_variables(state, ema=ema),
+        step=step,
+        ema=ema,
+    )
+
+
+def image_size(run: LoadedRun) -> tuple[int, int, int]:
+    """The model's input shape [H, W, C] (what eval preprocessing produces)."""
+    return tuple(run.info.image_shape)
+
+
+def padded_batch_size(run: LoadedRun, num_images: int, num_devices: int = 1) -> int:
+    """A batch size for inference: the run's eval batch, no larger than needed."""
+    batch = run.config.eval_batch_size or run.config.batch_size
+    batch = min(batch, max(num_images, 1))
+    return math.ceil(batch / num_devices) * num_devices
