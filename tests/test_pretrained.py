@@ -555,3 +555,17 @@ def test_unknown_timm_keys_are_reported(tmp_path):
         load_pretrained(path, tiny_vit())
     assert re.search(r"unexpected\s+\(timm\) fc_norm\.weight", str(e.value))
     assert re.search(r"missing\s+Transformer/encoderblock_\{0-1\}/LayerNorm_0/scale", str(e.value))
+
+
+def test_bfloat16_safetensors_load_as_float32(tmp_path):
+    torch = pytest.importorskip("torch", reason="pip install -e '.[torch]' for timm tests")
+    from safetensors.torch import save_file
+
+    module = _torch_vit(torch, CLASSES)
+    _randomise(torch, module)
+    state = {k: v.to(torch.bfloat16) for k, v in module.state_dict().items()}
+    path = tmp_path / "bf16.safetensors"
+    save_file(state, str(path))
+    params = load_pretrained(path, tiny_vit())["params"]
+    assert params["cls"].dtype == jnp.float32
+    np.testing.assert_array_equal(params["cls"], state["cls_token"].float().numpy())

@@ -21,11 +21,24 @@ def read_safetensors(path: Path) -> Flat:
 
     try:
         return load_file(str(path))
-    except (SafetensorError, OSError, ValueError, TypeError) as e:
+    except TypeError as e:
+        if "bfloat16" not in str(e):
+            raise CheckpointFileError(f"{path} is not a readable .safetensors file ({e}).") from e
+        return _read_bfloat16(path)
+    except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointFileError(
             f"{path} is not a readable .safetensors file ({e}). A truncated download also "
             "looks like this: download it again."
         ) from e
+
+
+def _read_bfloat16(path: Path) -> Flat:
+    """NumPy has no bfloat16, so such files go through JAX and come out as float32."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="flax") as f:
+        arrays = {k: np.asarray(f.get_tensor(k)) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    return {k: v.astype(np.float32) if v.dtype.name == "bfloat16" else v for k, v in arrays.items()}
 
 
 def is_timm_vit(sd: Flat) -> bool:
