@@ -18,18 +18,38 @@ class Cnn(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
+    def __call__(
+        self, x: jnp.ndarray, *, train: bool = False, return_features: bool = False
+    ) -> jnp.ndarray | tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+        """Maps images [N, H, W, C] to fp32 logits [N, num_classes] (and features if asked).
+
+        Features: `feature_map` [N, h, w, C'], the last conv's activations before pooling
+        (what Grad-CAM weighs), and `pre_logits` [N, D] (the head's input).
+        """
         x = x.astype(self.dtype)
         for i, f in enumerate(self.features):
             x = nn.Conv(f, (5, 5), padding="SAME", dtype=self.dtype, name=f"conv{i}")(x)
             x = nn.relu(x)
+            if return_features and i == len(self.features) - 1:
+                # A no-op unless a "perturbations" collection is passed: then its gradient
+                # is the gradient w.r.t. this map (how Grad-CAM reads it).
+                x = self.perturb("feature_map", x)
+                feature_map = x
             x = nn.max_pool(x, (2, 2), strides=(2, 2))
         x = x.reshape(x.shape[0], -1)
         for i, h in enumerate(self.hidden):
             x = nn.relu(nn.Dense(h, dtype=self.dtype, name=f"fc{i}")(x))
             x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        pre_logits = x
         x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
-        return x.astype(jnp.float32)
+        logits = x.astype(jnp.float32)
+        if not return_features:
+            return logits
+        features = {
+            "feature_map": feature_map.astype(jnp.float32),
+            "pre_logits": pre_logits.astype(jnp.float32),
+        }
+        return logits, features
 
 
 register("cnn", Cnn)

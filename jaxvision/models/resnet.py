@@ -111,8 +111,14 @@ class ResNet(nn.Module):
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, *, train: bool = False) -> jnp.ndarray:
-        """Maps images [N, H, W, C] to fp32 logits [N, num_classes]."""
+    def __call__(
+        self, x: jnp.ndarray, *, train: bool = False, return_features: bool = False
+    ) -> jnp.ndarray | tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+        """Maps images [N, H, W, C] to fp32 logits [N, num_classes] (and features if asked).
+
+        Features: `feature_map` [N, h, w, C'], the last stage's output before global
+        pooling (what Grad-CAM weighs), and `pre_logits` [N, C'] (the head's input).
+        """
         base = max(int(64 * self.width), 1)
         x = x.astype(self.dtype)
         k = 7 if self.stem == "imagenet" else 3
@@ -144,9 +150,22 @@ class ResNet(nn.Module):
                 x = block_cls(
                     base * 2 ** (s - 1), strides, dtype=self.dtype, name=f"stage{s}_block{b}"
                 )(x, train=train)
+        if return_features:
+            # A no-op unless a "perturbations" collection is passed: then its gradient is
+            # the gradient w.r.t. this map (how Grad-CAM reads it).
+            x = self.perturb("feature_map", x)
+            feature_map = x
         x = jnp.mean(x, axis=(1, 2))
+        pre_logits = x
         x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
-        return x.astype(jnp.float32)
+        logits = x.astype(jnp.float32)
+        if not return_features:
+            return logits
+        features = {
+            "feature_map": feature_map.astype(jnp.float32),
+            "pre_logits": pre_logits.astype(jnp.float32),
+        }
+        return logits, features
 
 
 RESNET_STAGES: dict[int, tuple[tuple[int, ...], bool]] = {
