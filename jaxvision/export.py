@@ -1,0 +1,159 @@
+"""Export a trained model for serving: python -m jaxvision.export --workdir=DIR --format=F ...
+
+The command also takes --out=PATH (a new or empty directory).
+
+`stablehlo`: PATH/model.stablehlo (`jax.export` serialized StableHLO, any batch size),
+PATH/variables.msgpack (the weights) and PATH/signature.json; reload with
+`load_stablehlo(PATH)` (needs jax and flax only, not the model code).
+`savedmodel`: a TF SavedModel (via `jax.experimental.jax2tf`) with a `serving_default`
+signature `images` -> `logits`; reload with `tf.saved_model.load(PATH)`.
+
+Both take images after the run's eval preprocessing (`eval_pp` in signature.json:
+float32 [N, H, W, C]) and return logits [N, num_classes].
+"""
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import serialization
+
+from jaxvision import workdir as workdir_lib
+
+FORMATS = ("stablehlo", "savedmodel")
+
+
+def signature(run: workdir_lib.LoadedRun, fmt: str) -> dict[str, Any]:
+    """What a server needs to know besides the graph: input shape, preprocessing, labels."""
+    return {
+        "format": fmt,
+        "model": run.config.model.name,
+        "dataset": run.info.spec.name,
+        "step": run.step,
+        "ema": run.ema,
+        "input_shape": ["N", *run.info.image_shape],
+        "input_dtype": "float32",
+        "eval_pp": run.info.spec.eval_pp,
+        "class_names": run.class_names,
+    }
+
+
+def _apply_fn(run: workdir_lib.LoadedRun) -> Callable:
+    return lambda variables, images: run.model.apply(variables, images, train=False)
+
+
+def export_stablehlo(run: workdir_lib.LoadedRun, out: str) -> list[str]:
+    """Writes model.stablehlo, variables.msgpack and signature.json into `out`."""
+    variables = jax.device_get(run.variables)
+    (batch,) = jax.export.symbolic_shape("batch")
+    images = jax.ShapeDtypeStruct((batch, *run.info.image_shape), jnp.float32)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), variables)
+    exported = jax.export.export(jax.jit(_apply_fn(run)))(abstract, images)
+    os.makedirs(out, exist_ok=True)
+    paths = [os.path.join(out, n) for n in ("model.stablehlo", "variables.msgpack")]
+    with open(paths[0], "wb") as f:
+        f.write(exported.serialize())
+    with open(paths[1], "wb") as f:
+        f.write(serialization.msgpack_serialize(variables))
+    return [*paths, _write_signature(run, out, "stablehlo")]
+
+
+def load_stablehlo(path: str) -> Callable[[np.ndarray], jax.Array]:
+    """A function images [N, H, W, C] -> logits from a `stablehlo` export directory."""
+    with open(os.path.join(path, "model.stablehlo"), "rb") as f:
+        exported = jax.export.deserialize(bytearray(f.read()))
+    with open(os.path.join(path, "variables.msgpack"), "rb") as f:
+        variables = serialization.msgpack_restore(f.read())
+    return lambda images: exported.call(variables, jnp.asarray(images, jnp.float32))
+
+
+def export_savedmodel(run: workdir_lib.LoadedRun, out: str) -> list[str]:
+    """Writes a TF SavedModel whose `serving_default` maps `images` to `logits`."""
+    import tensorflow as tf
+    from jax.experimental import jax2tf
+
+    h, w, c = run.info.image_shape
+    # Weights become tf.Variables, so the graph stays small and the weights live in
+    # the SavedModel's variables/ like any TF model's.
+    tf_variables = tf.nest.map_structure(tf.Variable, jax.device_get(run.variables))
+    converted = jax2tf.convert(
+        _apply_fn(run), polymorphic_shapes=[None, f"(b, {h}, {w}, {c})"], with_gradient=False
+    )
+    module = tf.Module()
+    module.variables_list = tf.nest.flatten(tf_variables)
+
+    @tf.function(
+        autograph=False, input_signature=[tf.TensorSpec([None, h, w, c], tf.float32, "images")]
+    )
+    def serve(images):
+        return {"logits": converted(tf_variables, images)}
+
+    module.serve = serve
+    tf.saved_model.save(module, out, signatures={"serving_default": serve})
+    return [out, _write_signature(run, out, "savedmodel")]
+
+
+def load_savedmodel(path: str) -> Callable[[np.ndarray], np.ndarray]:
+    """A function images [N, H, W, C] -> logits from a `savedmodel` export."""
+    import tensorflow as tf
+
+    serve = tf.saved_model.load(path).signatures["serving_default"]
+    return lambda images: serve(images=tf.constant(images, tf.float32))["logits"].numpy()
+
+
+def _write_signature(run: workdir_lib.LoadedRun, out: str, fmt: str) -> str:
+    path = os.path.join(out, "signature.json")
+    with open(path, "w") as f:
+        json.dump(signature(run, fmt), f, indent=2)
+        f.write("\n")
+    return path
+
+
+def export(run: workdir_lib.LoadedRun, fmt: str, out: str) -> list[str]:
+    """Exports `run` in `fmt` to `out`; returns the written paths."""
+    if fmt == "stablehlo":
+        return export_stablehlo(run, out)
+    if fmt == "savedmodel":
+        return export_savedmodel(run, out)
+    raise ValueError(f"--format={fmt!r}: use one of {', '.join(FORMATS)}.")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Command-line flags."""
+    p = argparse.ArgumentParser(prog="python -m jaxvision.export", description=__doc__)
+    p.add_argument("--workdir", required=True, help="a training run's workdir")
+    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--out", required=True, help="output directory (must not exist or be empty)")
+    p.add_argument("--checkpoint", default="latest", help="latest | best | a step number")
+    p.add_argument("--ema", action="store_true", help="export the EMA weights")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the command; returns the process exit code (2 for bad input)."""
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    from jaxvision import console
+
+    console.setup()
+    try:
+        if os.path.exists(args.out) and (not os.path.isdir(args.out) or os.listdir(args.out)):
+            raise workdir_lib.WorkdirError(
+                f"--out {args.out!r} exists and is not an empty directory; choose a new path."
+            )
+        run = workdir_lib.load(args.workdir, checkpoint_step=args.checkpoint, ema=args.ema)
+    except (workdir_lib.WorkdirError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for path in export(run, args.format, args.out):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
