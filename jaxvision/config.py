@@ -34,6 +34,14 @@ def base() -> ml_collections.ConfigDict:
     c.dataset.eval_pp = ""
     c.dataset.shuffle_buffer = 10_000
     c.dataset.cache = True  # cache the encoded split in memory (small datasets)
+    c.dataset.download = False  # let tfds download and prepare a dataset that is missing
+    c.dataset.validation_fraction = 0.1  # folder: eval share of train/ when there is no test/
+    c.dataset.on_bad_file = "skip"  # folder: "skip" (report and skip) or "error"
+    c.dataset.class_weighting = "none"  # "none" | "inverse" | "inverse_sqrt": batch["weight"]
+    c.dataset.class_balanced_sampling = False  # every class equally often in training batches
+    c.dataset.deterministic = True  # False: faster tf.data, but order not reproducible
+    c.dataset.parallel_calls = 0  # parallel map calls; 0 = tf.data.AUTOTUNE
+    c.dataset.threads = 0  # tf.data thread pool size; 0 = all cores
 
     c.batch_size = 128  # global, over all devices and processes
     c.num_train_steps = -1  # -1: derived from num_epochs
@@ -173,3 +181,6 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_process
         _require(config[key] > 0, f"{key} must be positive, got {config[key]}.")
     _require(config.eval_every_steps >= 0, "eval_every_steps must be >= 0 (0 = only at the end).")
     _require(config.keep_checkpoints >= 1, "keep_checkpoints must be >= 1.")
+    from jaxvision.data import catalog
+
+    catalog.validate_config(config.dataset)  # values and preprocessing ops, naming the key

@@ -1,10 +1,10 @@
-"""Input pipelines: config -> tfds/tf.data -> global batches sharded over the mesh.
+"""Input pipelines: config -> tfds or image folder -> tf.data -> global batches on the mesh.
 
 Train batches are an endless, deterministic stream that can start at any step (the
 shuffle order and the augmentation seeds are functions of the example's position), so
 a resumed run sees exactly the batches an uninterrupted run would. Eval batches cover
 each example of the split exactly once; the last batch is padded and `mask` is 0 on
-the padding.
+the padding. Each process reads only its own shard of a split.
 """
 
 import dataclasses
@@ -23,15 +23,28 @@ import tensorflow_datasets as tfds
 from jax.sharding import Mesh
 
 from jaxvision import parallel
-from jaxvision.data import builders, catalog, preprocess
+from jaxvision.data import builders, catalog, folder, preprocess, sampling, sources
 from jaxvision.data.catalog import DatasetSpec
 
 tf.config.set_visible_devices([], "GPU")
 tf.config.set_visible_devices([], "TPU") if tf.config.list_physical_devices("TPU") else None
 
-__all__ = ["DataInfo", "EvalData", "builders", "catalog", "prepare", "train_batches"]
+__all__ = [
+    "DataInfo",
+    "EvalData",
+    "builders",
+    "catalog",
+    "class_counts",
+    "eval_batches",
+    "prepare",
+    "train_batches",
+]
 
 _FOREVER = 2**62
+# Encoded splits up to this size are cached in host memory when dataset.cache is set.
+_CACHE_LIMIT_BYTES = 4 << 30
+# Eval batches (decoded, float32) up to this size are cached after preprocessing.
+_EVAL_CACHE_LIMIT_BYTES = 1 << 30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,72 +52,108 @@ class DataInfo:
     """What the rest of a run needs to know about its dataset."""
 
     spec: DatasetSpec
-    builder: tfds.core.DatasetBuilder
+    builder: tfds.core.DatasetBuilder | None  # None for image folders
     num_classes: int
     class_names: list[str]
     image_shape: tuple[int, int, int]
     num_train: int
     num_eval: int
+    source: sources.TfdsSource | sources.FolderSource
 
 
 def _data_dir(cfg: ml_collections.ConfigDict) -> str | None:
     return os.path.expanduser(cfg.data_dir) if cfg.data_dir else None
 
 
-def prepare(config: ml_collections.ConfigDict) -> DataInfo:
-    """Resolves the dataset, prepares it if needed (offline builders only download nothing)."""
-    spec = catalog.resolve(config.dataset)
+def _not_prepared(spec: DatasetSpec, builder: tfds.core.DatasetBuilder, cause: str = "") -> str:
+    return (
+        f"Dataset {spec.name!r} (tfds {builder.info.full_name}) is not prepared in "
+        f"{builder.data_dir}{': ' + cause if cause else '.'}\n"
+        + (spec.prepare + "\n" if spec.prepare else "")
+        + f"Prepare it with `tfds build {spec.tfds_name} --data_dir=DIR` (on a machine with a "
+        "network if needed) and pass --config.dataset.data_dir=DIR, or let jaxvision "
+        "download it with --config.dataset.download=True."
+    )
+
+
+def _tfds_source(config: ml_collections.ConfigDict, spec: DatasetSpec) -> sources.TfdsSource:
     builder = tfds.builder(
         spec.tfds_name, data_dir=_data_dir(config.dataset), **spec.builder_kwargs
     )
-    if not builder.is_prepared():
+    if catalog.is_offline(spec.name) or config.dataset.download:
         try:
             builder.download_and_prepare()
         except Exception as e:
-            raise RuntimeError(
-                f"Dataset {spec.name!r} (tfds {builder.info.full_name}) is not prepared in "
-                f"{builder.data_dir} and preparing it failed: {e}\n"
-                f"Prepare it on a machine with a network with `tfds build {spec.tfds_name} "
-                f"--data_dir=DIR` and point --config.dataset.data_dir=DIR at it."
-            ) from e
-    splits = builder.info.splits
-    for key, split in (("train_split", spec.train_split), ("eval_split", spec.eval_split)):
-        try:
-            splits[split]
-        except (KeyError, ValueError) as e:
-            raise ValueError(
-                f"dataset.{key}={split!r} is not a split of {builder.info.full_name}; "
-                f"available: {', '.join(splits.keys())}."
-            ) from e
-    label = builder.info.features["label"]
-    num_classes = config.dataset.num_classes or label.num_classes
-    channels = builder.info.features["image"].shape[-1] or 3
+            raise RuntimeError(_not_prepared(spec, builder, f"preparing it failed: {e}")) from e
+    elif not builder.is_prepared():
+        raise RuntimeError(_not_prepared(spec, builder))
+    return sources.TfdsSource(builder)
+
+
+def _folder_source(config: ml_collections.ConfigDict, spec: DatasetSpec) -> sources.FolderSource:
+    cfg = config.dataset
+    scanned = folder.scan(
+        spec.folder,
+        train_split=spec.train_split,
+        eval_split=spec.eval_split,
+        validation_fraction=cfg.validation_fraction,
+        on_bad_file=cfg.on_bad_file,
+        cache_dir=_data_dir(cfg) or "",
+    )
+    return sources.FolderSource(scanned)
+
+
+def _output_shape(source, split: str, pp: str, what: str) -> tuple[int, ...]:
+    """The static image shape `pp` produces, traced without reading any data."""
+    ds, _ = source.read(split)
+    ops = preprocess.parse(pp)
+    ds = ds.map(lambda image, label: preprocess.apply(ops, image, tf.zeros([2], tf.int64)))
+    shape = ds.element_spec.shape
+    if not shape.is_fully_defined() or shape.rank != 3:
+        raise ValueError(
+            f"dataset.{what}={pp!r} yields images of shape {shape}; it must end in a fixed "
+            "[H, W, C], e.g. with resize(S), central_crop(S), random_crop(S) or inception_crop(S)."
+        )
+    return tuple(shape.as_list())
+
+
+def prepare(config: ml_collections.ConfigDict) -> DataInfo:
+    """Resolves the dataset, checks it is readable and its pipelines produce one image shape."""
+    spec = catalog.resolve(config.dataset)
+    source = _folder_source(config, spec) if spec.folder else _tfds_source(config, spec)
+    num_classes = spec.num_classes or source.num_classes
+    if not num_classes or (source.num_classes and num_classes < source.num_classes):
+        raise ValueError(
+            f"dataset.num_classes={spec.num_classes} but {spec.name!r} has "
+            f"{source.num_classes or 'an unknown number of'} classes; set dataset.num_classes."
+        )
+    _, num_train = source.read(spec.train_split)
+    _, num_eval = source.read(spec.eval_split)
+    eval_shape = _output_shape(source, spec.eval_split, spec.eval_pp, "eval_pp")
+    train_shape = _output_shape(source, spec.train_split, spec.train_pp, "train_pp")
+    if train_shape != eval_shape:
+        raise ValueError(
+            f"dataset.train_pp gives {train_shape} images but dataset.eval_pp gives {eval_shape}: "
+            f"train_pp={spec.train_pp!r}, eval_pp={spec.eval_pp!r}."
+        )
     return DataInfo(
         spec=spec,
-        builder=builder,
+        builder=source.builder,
         num_classes=num_classes,
-        class_names=list(label.names) if hasattr(label, "names") else [],
-        image_shape=(spec.image_size, spec.image_size, channels),
-        num_train=splits[spec.train_split].num_examples,
-        num_eval=splits[spec.eval_split].num_examples,
+        class_names=source.class_names,
+        image_shape=eval_shape,
+        num_train=num_train,
+        num_eval=num_eval,
+        source=source,
     )
 
 
-def _read(builder: tfds.core.DatasetBuilder, split: str) -> tf.data.Dataset:
-    """(encoded image bytes, label) pairs in file order; decoding is a preprocessing op."""
-    ds = builder.as_dataset(
-        split=split,
-        shuffle_files=False,
-        decoders={"image": tfds.decode.SkipDecoding()},
-        read_config=tfds.ReadConfig(try_autocache=False),
-    )
-    return ds.map(lambda ex: (ex["image"], tf.cast(ex["label"], tf.int32)))
-
-
-def _options() -> tf.data.Options:
+def _options(config: ml_collections.ConfigDict) -> tf.data.Options:
     options = tf.data.Options()
-    options.deterministic = True
+    options.deterministic = bool(config.dataset.deterministic)
     options.experimental_optimization.map_parallelization = True
+    if config.dataset.threads:
+        options.threading.private_threadpool_size = config.dataset.threads
     return options
 
 
@@ -113,39 +162,87 @@ def local_batch_size(global_batch: int) -> int:
     return global_batch // jax.process_count()
 
 
-def train_batches(
-    config: ml_collections.ConfigDict, info: DataInfo, mesh: Mesh, start_step: int = 0
-) -> Iterator[dict[str, jax.Array]]:
-    """Endless augmented training batches, starting at `start_step`, as global arrays."""
+def class_counts(info: DataInfo, split: str | None = None) -> np.ndarray:
+    """Examples per class in `split` (default: the train split), read from the labels only."""
+    labels = info.source.labels(split or info.spec.train_split)
+    return np.bincount(labels, minlength=info.num_classes)[: info.num_classes]
+
+
+def format_class_counts(info: DataInfo, counts: np.ndarray, limit: int = 20) -> str:
+    """One line for the log: the smallest and largest classes and the imbalance ratio."""
+    names = info.class_names or [str(i) for i in range(info.num_classes)]
+    order = np.argsort(counts, kind="stable")
+    shown = (
+        order
+        if len(order) <= limit
+        else np.concatenate([order[: limit // 2], order[-limit // 2 :]])
+    )
+    present = counts[counts > 0]
+    ratio = present.max() / present.min() if present.size else 0.0
+    parts = ", ".join(f"{names[i]}={counts[i]}" for i in shown)
+    return f"{counts.sum()} examples in {info.num_classes} classes (max/min {ratio:.1f}): {parts}"
+
+
+def train_stream(
+    config: ml_collections.ConfigDict, info: DataInfo, start_step: int = 0
+) -> tf.data.Dataset:
+    """This process's endless, batched, preprocessed training stream from `start_step`."""
+    cfg = config.dataset
     local_batch = local_batch_size(config.batch_size)
-    split = tfds.split_for_jax_process(info.spec.train_split)
-    n = info.builder.info.splits[split].num_examples
-    base = _read(info.builder, split)
-    if config.dataset.cache:
+    index, count = jax.process_index(), jax.process_count()
+    split = info.spec.train_split
+    base, n = info.source.read(split, index, count, drop_remainder=True)
+    if n == 0:
+        raise ValueError(f"Train split {split!r} has no examples for process {index} of {count}.")
+    if cfg.cache and info.source.encoded_bytes(split) <= _CACHE_LIMIT_BYTES:
         base = base.cache()
-    buffer = max(1, min(config.dataset.shuffle_buffer, n))
     seed = config.seed
+    if cfg.class_balanced_sampling:
+        plan = sampling.BalancedEpochs(
+            info.source.labels(split, index, count, drop_remainder=True), info.num_classes
+        )
+        epoch_length, expand = plan.epoch_length, plan.epoch
+    else:
+        epoch_length, expand = n, lambda ds, e: ds
+    buffer = max(1, min(cfg.shuffle_buffer, epoch_length))
 
     def epoch(e):
         # A fixed permutation per (seed, epoch): position alone decides the order.
-        return base.shuffle(buffer, seed=e * 1_000_003 + seed, reshuffle_each_iteration=False)
+        return expand(base, e).shuffle(
+            buffer, seed=e * 1_000_003 + seed, reshuffle_each_iteration=False
+        )
 
     consumed = start_step * local_batch
-    start_epoch, offset = divmod(consumed, n)
+    start_epoch, offset = divmod(consumed, epoch_length)
     examples = tf.data.Dataset.range(start_epoch, _FOREVER).flat_map(epoch).skip(offset)
     positions = tf.data.Dataset.range(consumed, _FOREVER)
     ops = preprocess.parse(info.spec.train_pp)
-    base_seed = tf.constant([seed, jax.process_index()], tf.int64)
+    base_seed = tf.constant([seed, index], tf.int64)
+    weights = None
+    if cfg.class_weighting != "none":
+        weights = tf.constant(sampling.class_weights(class_counts(info), cfg.class_weighting))
 
     def augment(position, example):
         image, label = example
         example_seed = tf.random.experimental.stateless_fold_in(base_seed, position)
-        return {"image": preprocess.apply(ops, image, example_seed), "label": label}
+        out = {"image": preprocess.apply(ops, image, example_seed), "label": label}
+        if weights is not None:
+            out["weight"] = tf.gather(weights, label)
+        return out
 
     ds = tf.data.Dataset.zip(positions, examples)
-    ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(local_batch, drop_remainder=True).prefetch(2).with_options(_options())
-    return parallel.prefetch_to_mesh(ds.as_numpy_iterator(), mesh)
+    parallel_calls = cfg.parallel_calls if cfg.parallel_calls > 0 else tf.data.AUTOTUNE
+    ds = ds.map(augment, num_parallel_calls=parallel_calls, deterministic=cfg.deterministic)
+    ds = ds.batch(local_batch, drop_remainder=True)
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(config))
+
+
+def train_batches(
+    config: ml_collections.ConfigDict, info: DataInfo, mesh: Mesh, start_step: int = 0
+) -> Iterator[dict[str, jax.Array]]:
+    """Endless augmented training batches, starting at `start_step`, as global arrays."""
+    stream = train_stream(config, info, start_step)
+    return parallel.prefetch_to_mesh(stream.as_numpy_iterator(), mesh)
 
 
 @dataclasses.dataclass
@@ -167,8 +264,8 @@ def eval_batches(
     """Every example of `split` exactly once, padded to whole batches with mask 0."""
     split = split or info.spec.eval_split
     local_batch = local_batch_size(config.eval_batch_size or config.batch_size)
-    parts = tfds.even_splits(split, n=jax.process_count(), drop_remainder=False)
-    sizes = [info.builder.info.splits[p].num_examples for p in parts]
+    index, count = jax.process_index(), jax.process_count()
+    sizes = [info.source.read(split, i, count)[1] for i in range(count)]
     if min(sizes) == 0:
         raise ValueError(f"Split {split!r} has fewer examples than processes: {sizes}.")
     num_batches = math.ceil(max(sizes) / local_batch)
@@ -179,21 +276,19 @@ def eval_batches(
         image = preprocess.apply(ops, image, zero_seed)
         return {"image": image, "label": label, "mask": tf.constant(1.0)}
 
-    ds = _read(info.builder, parts[jax.process_index()])
-    ds = ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    pad = num_batches * local_batch - sizes[jax.process_index()]
+    ds, _ = info.source.read(split, index, count)
+    decoded_bytes = sum(sizes) * 4 * math.prod(info.image_shape)
+    cache = config.dataset.cache
+    if cache and decoded_bytes > _EVAL_CACHE_LIMIT_BYTES:
+        if info.source.encoded_bytes(split) <= _CACHE_LIMIT_BYTES:
+            ds = ds.cache()
+        cache = False
+    parallel_calls = config.dataset.parallel_calls or tf.data.AUTOTUNE
+    ds = ds.map(prep, num_parallel_calls=parallel_calls, deterministic=True)
+    pad = num_batches * local_batch - sizes[index]
     padding = ds.take(1).map(lambda ex: tf.nest.map_structure(tf.zeros_like, ex)).repeat(pad)
     ds = ds.concatenate(padding).batch(local_batch, drop_remainder=True)
-    if config.dataset.cache:
+    if cache:
         ds = ds.cache()
-    ds = ds.prefetch(2).with_options(_options())
+    ds = ds.prefetch(2).with_options(_options(config))
     return EvalData(ds, mesh, num_batches, sum(sizes))
-
-
-def class_counts(info: DataInfo, split: str) -> np.ndarray:
-    """Examples per class in `split` (read from the labels only)."""
-    counts = np.zeros(info.num_classes, np.int64)
-    labels = _read(info.builder, split).map(lambda img, lbl: lbl).batch(4096)
-    for chunk in labels.as_numpy_iterator():
-        counts += np.bincount(chunk, minlength=info.num_classes)[: info.num_classes]
-    return counts

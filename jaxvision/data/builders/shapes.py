@@ -6,6 +6,8 @@ import tensorflow_datasets as tfds
 
 from jaxvision.data.shapes_render import SHAPE_NAMES, render_shapes
 
+_MADE: dict[str, "ShapesConfig"] = {}
+
 
 @dataclasses.dataclass(eq=False)
 class ShapesConfig(tfds.core.BuilderConfig):
@@ -28,7 +30,10 @@ class ShapesConfig(tfds.core.BuilderConfig):
     ) -> "ShapesConfig":
         """A config whose name encodes every field, so each variant is prepared once."""
         name = f"{image_size}px_{num_classes}c_{num_train}_{num_test}_s{seed}"
-        return cls(
+        # tfds rejects a second, distinct config object under a registered name: reuse it.
+        if name in _MADE:
+            return _MADE[name]
+        _MADE[name] = cls(
             name=name,
             version=tfds.core.Version("1.0.0"),
             image_size=image_size,
@@ -37,6 +42,7 @@ class ShapesConfig(tfds.core.BuilderConfig):
             num_test=num_test,
             seed=seed,
         )
+        return _MADE[name]
 
 
 class Shapes(tfds.core.GeneratorBasedBuilder):
