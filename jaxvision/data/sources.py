@@ -65,7 +65,12 @@ class TfdsSource:
     ) -> tuple[tf.data.Dataset, int]:
         """(encoded image, label) pairs of one shard of `split`, and how many there are."""
         sub = self._split(split, shard, num_shards, drop_remainder)
-        ds = self._dataset(sub, {self.image_key: tfds.decode.SkipDecoding()})
+        # Only the two features we use: other features (masks, boxes) are never parsed.
+        decoders = tfds.decode.PartialDecoding(
+            {self.image_key: True, self.label_key: True},
+            decoders={self.image_key: tfds.decode.SkipDecoding()},
+        )
+        ds = self._dataset(sub, decoders)
         n = int(ds.cardinality())
         if n < 0:
             n = self.builder.info.splits[sub].num_examples
