@@ -143,7 +143,11 @@ def resize(size: int, method: str = "bilinear") -> Op:
     def fn(image, seed):
         if image.shape[0] == size and image.shape[1] == size:
             return image
-        return resize_to(image, (size, size), method)
+        # Decoded images have no static size: skip the work at run time when it already fits.
+        fits = tf.reduce_all(tf.equal(tf.shape(image)[:2], size))
+        out = tf.cond(fits, lambda: image, lambda: resize_to(image, (size, size), method))
+        out.set_shape([size, size, image.shape[-1]])
+        return out
 
     return fn
 
