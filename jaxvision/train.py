@@ -142,4 +142,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     ckpts.close()
     writer.close()
     final["train/wall_seconds"] = time.perf_counter() - start_time
+    if jax.process_index() == 0:
+        # Imported here: plotting libraries load only at the very end.
+        from jaxvision.evaluate import after_training
+
+        after_training(workdir, config, info, model, state)
     return final

@@ -1,0 +1,165 @@
+"""evaluate: every report metric against scikit-learn, the training log, checkpoints, errors."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from conftest import run_cli
+from sklearn import metrics as skm
+from trained_runs import cnn_workdir, scratch_dir
+
+from jaxvision import evaluate, metrics, workdir
+
+
+def _read_report(out_dir: str) -> tuple[dict, np.ndarray, np.ndarray]:
+    with open(os.path.join(out_dir, "report.json")) as f:
+        report = json.load(f)
+    preds = np.load(os.path.join(out_dir, "predictions.npz"))
+    return report, preds["labels"], preds["logits"]
+
+
+def _logged(wd: str, step: int, key: str) -> float:
+    values = [r[key] for r in workdir.metrics_records(wd) if r["step"] == step and key in r]
+    assert values, f"training logged no {key} at step {step}"
+    return values[-1]
+
+
+def _ece_reference(labels: np.ndarray, probs: np.ndarray, bins: int) -> float:
+    conf, correct = probs.max(1), probs.argmax(1) == labels
+    total = 0.0
+    for lo, hi in zip(np.linspace(0, 1, bins + 1)[:-1], np.linspace(0, 1, bins + 1)[1:]):
+        in_bin = (conf > lo) & (conf <= hi)
+        if in_bin.any():
+            total += in_bin.sum() * abs(correct[in_bin].mean() - conf[in_bin].mean())
+    return total / len(labels)
+
+
+def test_every_metric_matches_sklearn_and_training_log():
+    wd = cnn_workdir()
+    assert evaluate.main(["--workdir", wd]) == 0
+    out = os.path.join(wd, "eval", "test")
+    report, labels, logits = _read_report(out)
+
+    # The predictions cover the test split once, in order, with the dataset's labels.
+    run_config = workdir.load_config(wd)
+    from jaxvision import data
+
+    info = data.prepare(run_config)
+    ds = info.builder.as_dataset(split="test", shuffle_files=False)
+    assert np.array_equal(labels, np.array([int(ex["label"]) for ex in tfds.as_numpy(ds)]))
+
+    probs = metrics.softmax(logits)
+    pred = probs.argmax(1)
+    assert report["step"] == 300 and report["num_examples"] == len(labels) == 1000
+    assert report["accuracy"] == skm.accuracy_score(labels, pred)
+    # Same checkpoint, same split: exactly what training logged at that step.
+    assert report["accuracy"] == _logged(wd, 300, "eval/accuracy")
+    assert report["top5_accuracy"] == pytest.approx(_logged(wd, 300, "eval/accuracy_top5"))
+    assert report["top5_accuracy"] == skm.top_k_accuracy_score(labels, probs, k=5)
+    assert report["top5_accuracy"] < 1.0 or report["accuracy"] > 0.99
+    assert report["loss"] == pytest.approx(skm.log_loss(labels, probs), rel=1e-6)
+    assert report["loss"] == pytest.approx(_logged(wd, 300, "eval/loss"), rel=1e-5)
+    p, r, f, s = skm.precision_recall_fscore_support(labels, pred, zero_division=0)
+    for c, row in enumerate(report["per_class"]):
+        assert (row["precision"], row["recall"], row["f1"], row["support"]) == pytest.approx(
+            (p[c], r[c], f[c], s[c])
+        )
+        assert row["roc_auc"] == pytest.approx(skm.roc_auc_score(labels == c, probs[:, c]))
+    for avg in ("macro", "weighted"):
+        expected = skm.precision_recall_fscore_support(labels, pred, average=avg)[:3]
+        got = report["precision_recall_f1"][avg]
+        assert (got["precision"], got["recall"], got["f1"]) == pytest.approx(expected)
+        assert report["roc_auc"][avg] == pytest.approx(
+            skm.roc_auc_score(labels, probs, multi_class="ovr", average=avg)
+        )
+    assert report["confusion_matrix"] == skm.confusion_matrix(labels, pred).tolist()
+    assert report["ece"] == pytest.approx(_ece_reference(labels, probs, metrics.ECE_BINS))
+    assert report["accuracy"] > 0.5, "the fixture run should have learned something"
+    for name in ("confusion_matrix", "roc_curves", "reliability", "training_curves"):
+        assert os.path.getsize(os.path.join(out, f"{name}.png")) > 1000
+    with open(os.path.join(out, "summary.md")) as f:
+        summary = f.read()
+    assert f"{report['accuracy']:.4f}" in summary
+
+
+def test_training_writes_curves_and_final_report():
+    wd = cnn_workdir()
+    assert os.path.getsize(os.path.join(wd, "training_curves.png")) > 1000
+    report, _, _ = _read_report(os.path.join(wd, "eval", "test"))
+    assert report["step"] == 300
+    assert report["training_logged"]["eval/accuracy"] == report["accuracy"]
+
+
+def test_checkpoint_step_and_best():
+    wd = cnn_workdir()
+    assert evaluate.main(["--workdir", wd, "--checkpoint", "100"]) == 0
+    report, _, _ = _read_report(os.path.join(wd, "eval", "test-step100"))
+    assert report["step"] == 100
+    assert report["accuracy"] == _logged(wd, 100, "eval/accuracy")
+
+    assert evaluate.main(["--workdir", wd, "--checkpoint", "best"]) == 0
+    best, _, _ = _read_report(os.path.join(wd, "eval", "test-best"))
+    logged = {s: _logged(wd, s, "eval/accuracy") for s in (100, 200, 300)}
+    assert best["accuracy"] == max(logged.values())
+    assert logged[best["step"]] == max(logged.values())
+
+
+def test_compare_prints_one_row_per_workdir(capsys):
+    wd = cnn_workdir()
+    other = os.path.join(scratch_dir("compare"), "copy")
+    shutil.copytree(wd, other, ignore=shutil.ignore_patterns("eval"))
+    assert evaluate.main(["--workdir", wd, "--compare", other]) == 0
+    table = capsys.readouterr().out.strip().splitlines()
+    rows = [line for line in table if line.startswith("| /")]
+    assert len(rows) == 2 and other in rows[1]
+    # Same weights, same data: the two rows' metric columns agree.
+    assert rows[0].split("|")[3:] == rows[1].split("|")[3:]
+    assert os.path.isfile(os.path.join(wd, "eval", "test", "compare.md"))
+    assert os.path.isfile(os.path.join(other, "eval", "test", "report.json"))
+
+
+def test_ema_without_ema_params_is_a_clear_error(capsys):
+    wd = cnn_workdir()
+    assert evaluate.main(["--workdir", wd, "--ema"]) == 2
+    assert "no EMA parameters" in capsys.readouterr().err
+    assert not os.path.exists(os.path.join(wd, "eval", "test-ema"))
+
+
+def test_bad_workdirs_exit_nonzero_and_write_nothing(capsys):
+    missing = os.path.join(scratch_dir("missing"), "nope")
+    assert evaluate.main(["--workdir", missing]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not os.path.exists(missing)
+
+    no_ckpt = scratch_dir("no_ckpt")
+    shutil.copy(os.path.join(cnn_workdir(), "config.json"), no_ckpt)
+    assert evaluate.main(["--workdir", no_ckpt]) == 2
+    assert "no checkpoints" in capsys.readouterr().err
+    assert os.listdir(no_ckpt) == ["config.json"]
+
+    assert evaluate.main(["--workdir", cnn_workdir(), "--checkpoint", "7"]) == 2
+    assert "No checkpoint at step 7" in capsys.readouterr().err
+
+
+def test_cli_exit_code_for_missing_workdir():
+    result = run_cli(["-m", "jaxvision.evaluate", "--workdir=/nonexistent/jaxvision_run"])
+    assert result.returncode == 2
+    assert "does not exist" in result.stderr
+    assert result.stdout == ""
+
+
+def test_metrics_handle_absent_classes_and_few_classes():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(200, 4))
+    labels = rng.integers(0, 3, size=200)  # class 3 never occurs
+    report = metrics.classification_report(labels, logits, ["a", "b", "c", "d"])
+    probs = metrics.softmax(logits)
+    assert report["per_class"][3]["roc_auc"] is None and report["per_class"][3]["support"] == 0
+    aucs = [skm.roc_auc_score(labels == c, probs[:, c]) for c in range(3)]
+    assert report["roc_auc"]["macro"] == pytest.approx(np.mean(aucs))
+    assert report["top5_accuracy"] == 1.0  # 4 classes: every label is in the top 4
+    assert report["loss"] == pytest.approx(skm.log_loss(labels, probs, labels=range(4)))
+    assert sum(report["calibration"]["count"]) == 200

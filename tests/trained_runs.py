@@ -1,0 +1,62 @@
+"""Tiny trained runs on `shapes`, trained once per test session and shared by the tests of
+evaluate, predict, explain and export (imported by those test files, not a conftest)."""
+
+import atexit
+import functools
+import os
+import shutil
+import tempfile
+
+from jaxvision import config as config_lib
+
+NUM_CLASSES = 6  # more than 5, so top-5 accuracy is not trivially 1
+_ROOT = tempfile.mkdtemp(prefix="jaxvision_trained_runs_")
+atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
+
+
+def smoke_config(model: config_lib.ml_collections.ConfigDict, steps: int):
+    """The quickstart smoke config on 32px `shapes` with `model`, evaluated every 100 steps."""
+    from configs import quickstart
+
+    c = quickstart.get_config("smoke")
+    c.unlock()
+    c.model = model
+    c.dataset.name = "shapes"
+    c.dataset.num_classes = NUM_CLASSES
+    c.optimizer.learning_rate = 3e-3
+    c.num_train_steps = steps
+    c.log_every_steps = 50
+    c.eval_every_steps = 100
+    c.checkpoint_every_steps = 100
+    c.lock()
+    return c
+
+
+def _train(name: str, config) -> str:
+    from jaxvision import train
+
+    workdir = os.path.join(_ROOT, name)
+    train.run(config, workdir)
+    return workdir
+
+
+@functools.cache
+def cnn_workdir() -> str:
+    """A small CNN trained for 300 steps (checkpoints and evals at 100, 200, 300)."""
+    model = config_lib.model("cnn", features=[16, 32], hidden=[64])
+    return _train("cnn", smoke_config(model, 300))
+
+
+@functools.cache
+def vit_workdir() -> str:
+    """A 2-block ViT with 4x4 patches on 32px images, trained for 400 steps."""
+    model = config_lib.model(
+        "vit_ti4", depth=2, hidden_size=64, num_heads=2, mlp_dim=128, image_size=32
+    )
+    return _train("vit", smoke_config(model, 400))
+
+
+def scratch_dir(name: str) -> str:
+    """A fresh empty directory under the session's root."""
+    path = tempfile.mkdtemp(prefix=f"{name}_", dir=_ROOT)
+    return path
