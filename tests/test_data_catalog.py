@@ -140,3 +140,18 @@ def test_pipelines_that_disagree_on_the_image_shape_fail_early():
     config = _config("digits", train_pp="decode(1)|resize(10)|value_range(0,1)")
     with pytest.raises(ValueError, match="train_pp gives"):
         data.prepare(config)
+
+
+def test_class_counts_of_a_tfds_split_read_from_labels_only():
+    config = _config("digits")
+    info = data.prepare(config)
+    counts = data.class_counts(info)
+    assert counts.shape == (10,) and counts.sum() == info.num_train == 1497
+    assert data.class_counts(info, "test").tolist() == [30] * 10
+
+
+def test_non_deterministic_mode_streams_the_same_kind_of_batches():
+    config = _config("digits", deterministic=False, parallel_calls=2, threads=2)
+    info = data.prepare(config)
+    batch = next(data.train_batches(config, info, parallel.make_mesh()))
+    assert np.asarray(batch["image"]).shape == (4, 8, 8, 1)
