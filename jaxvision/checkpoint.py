@@ -16,6 +16,7 @@ class Checkpoints:
         options = ocp.CheckpointManagerOptions(
             preservation_policy=ocp.checkpoint_managers.LatestN(keep),
             create=True,
+            cleanup_tmp_directories=True,  # leftovers of a save that was killed midway
             enable_async_checkpointing=True,
         )
         self._manager = ocp.CheckpointManager(

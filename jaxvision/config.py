@@ -138,6 +138,10 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_process
     """Checks values a run depends on; raises ValueError naming the key and what to do."""
     check_keys(config)
     _require(isinstance(config.model.get("name"), str), "model.name must be a model name string.")
+    from jaxvision import models
+
+    if config.model.name not in models.names():
+        models.create(config.model.name, num_classes=1)  # raises, listing the known names
     b = config.batch_size
     _require(b > 0, f"batch_size must be positive, got {b}.")
     _require(

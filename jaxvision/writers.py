@@ -34,8 +34,15 @@ class MetricWriter:
 
     def _truncate_after(self, step: int) -> None:
         """Drops lines a killed run logged after its last checkpoint; they will be redone."""
+        lines = []
         with open(self.path) as f:
-            lines = [ln for ln in f if ln.strip() and json.loads(ln).get("step", 0) <= step]
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line torn by the kill
+                if record.get("step", 0) <= step:
+                    lines.append(line if line.endswith("\n") else line + "\n")
         with open(self.path, "w") as f:
             f.writelines(lines)
 

@@ -1,0 +1,198 @@
+"""The training loop end to end: learning, exact-once eval, resume after SIGKILL, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from conftest import REPO, run_cli
+
+from jaxvision import checkpoint, data, parallel, train
+
+
+def _final_params(workdir, config):
+    info = data.prepare(config)
+    model = train.create_model(config, info.num_classes)
+    from jaxvision import optim, steps
+
+    tx = optim.build(config, train.num_train_steps(config, info.num_train))
+    like = steps.init_state(model, tx, config.seed, info.image_shape)
+    ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"))
+    state, _ = ckpts.restore(ckpts.latest_step(), like)
+    return jax.device_get(state)
+
+
+def _metrics(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_smoke_run_writes_the_workdir_contract(smoke_config, tmp_path):
+    workdir = str(tmp_path / "run")
+    result = train.run(smoke_config, workdir)
+    assert result["eval/num_examples"] == 1000
+    assert sorted(os.listdir(workdir)) == [
+        "checkpoints",
+        "config.json",
+        "metrics.jsonl",
+        "tensorboard",
+    ]
+    records = _metrics(workdir)
+    assert all("step" in r for r in records)
+    assert any("train/loss" in r for r in records) and any("eval/accuracy" in r for r in records)
+    assert os.listdir(os.path.join(workdir, "tensorboard"))
+    assert checkpoint.Checkpoints(os.path.join(workdir, "checkpoints")).all_steps() == [10, 20]
+    saved = json.load(open(os.path.join(workdir, "config.json")))
+    assert saved["model"]["name"] == "cnn" and saved["batch_size"] == 32
+
+
+def test_eval_counts_each_example_exactly_once(smoke_config):
+    # digits has 300 test images; 64 does not divide 300.
+    smoke_config.dataset.name = "digits"
+    smoke_config.eval_batch_size = 64
+    info = data.prepare(smoke_config)
+    eval_data = data.eval_batches(smoke_config, info, parallel.make_mesh())
+    assert eval_data.num_batches == 5 and eval_data.num_examples == 300
+    labels, masks = [], []
+    for batch in eval_data:
+        labels.append(np.asarray(batch["label"]))
+        masks.append(np.asarray(batch["mask"]))
+    labels, masks = np.concatenate(labels), np.concatenate(masks)
+    assert masks.sum() == 300 and np.all(masks[:300] == 1) and np.all(masks[300:] == 0)
+    reference = info.builder.as_dataset(split="test", batch_size=-1)["label"].numpy()
+    np.testing.assert_array_equal(np.sort(labels[masks == 1]), np.sort(reference))
+
+
+def test_eval_metrics_match_a_per_example_computation(smoke_config, tmp_path):
+    smoke_config.dataset.name = "digits"
+    smoke_config.eval_batch_size = 64
+    workdir = str(tmp_path / "run")
+    result = train.run(smoke_config, workdir)
+    # Recompute accuracy example by example from the restored parameters.
+    info = data.prepare(smoke_config)
+    model = train.create_model(smoke_config, info.num_classes)
+    state = _final_params(workdir, smoke_config)
+    eval_data = data.eval_batches(smoke_config, info, parallel.make_mesh())
+    correct = count = 0
+    for batch in eval_data:
+        logits = model.apply({"params": state.params}, np.asarray(batch["image"]))
+        mask = np.asarray(batch["mask"]) == 1
+        correct += int((np.argmax(logits, -1) == np.asarray(batch["label"]))[mask].sum())
+        count += int(mask.sum())
+    assert count == 300
+    assert result["eval/accuracy"] == pytest.approx(correct / count, abs=1e-9)
+
+
+def _start(workdir, *overrides):
+    args = [
+        "-m",
+        "jaxvision.main",
+        "--config=configs/quickstart.py:smoke",
+        f"--workdir={workdir}",
+        "--config.dataset.name=digits",
+        "--config.num_train_steps=60",
+        "--config.checkpoint_every_steps=10",
+        "--config.keep_checkpoints=10",
+        *overrides,
+    ]
+    return subprocess.Popen(
+        [sys.executable, *args],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_sigkill_then_rerun_ends_bitwise_equal_to_an_uninterrupted_run(smoke_config, tmp_path):
+    ref_dir, cut_dir = str(tmp_path / "ref"), str(tmp_path / "cut")
+    reference = _start(ref_dir)
+    interrupted = _start(cut_dir)
+    ckpt_dir = os.path.join(cut_dir, "checkpoints")
+    deadline = time.time() + 300
+    # Kill once step 30 is finalised: the process is then somewhere past it, mid-step.
+    while time.time() < deadline and not os.path.isdir(os.path.join(ckpt_dir, "30")):
+        time.sleep(0.05)
+    interrupted.send_signal(signal.SIGKILL)
+    interrupted.communicate()
+    _, stderr = reference.communicate(timeout=300)
+    assert reference.returncode == 0, stderr[-3000:]
+    killed_at = max(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
+    assert 30 <= killed_at < 60, "the kill must land before the run finished"
+    resumed = _start(cut_dir)
+    _, stderr = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, stderr[-3000:]
+
+    smoke_config.dataset.name = "digits"
+    smoke_config.num_train_steps = 60
+    a = _final_params(ref_dir, smoke_config)
+    b = _final_params(cut_dir, smoke_config)
+    assert int(a.step) == int(b.step) == 60
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+    # The resumed run's log has each step once.
+    steps_logged = [r["step"] for r in _metrics(cut_dir) if "train/loss" in r]
+    assert steps_logged == sorted(set(steps_logged))
+
+
+_LOSSES = """
+import json, sys
+from configs import quickstart
+from jaxvision import train
+c = quickstart.get_config("smoke"); c.unlock()
+c.num_train_steps = 20; c.log_every_steps = 1; c.batch_size = 32
+train.run(c, sys.argv[1])
+print(json.dumps([r["train/loss"] for r in map(json.loads, open(sys.argv[1] + "/metrics.jsonl"))
+                  if "train/loss" in r]))
+"""
+
+
+def test_one_and_four_devices_give_the_same_losses(tmp_path):
+    losses = {}
+    for n in (1, 4):
+        env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
+        out = run_cli(["-c", _LOSSES, str(tmp_path / f"d{n}")], env=env)
+        assert out.returncode == 0, out.stderr[-3000:]
+        losses[n] = json.loads(out.stdout.strip().splitlines()[-1])
+    assert len(losses[1]) == 20
+    np.testing.assert_allclose(losses[4], losses[1], rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("--config.dataset.name=imagenet_typo", "Unknown dataset.name 'imagenet_typo'"),
+        ("--config.model.name=resnt18", "Unknown model name 'resnt18'"),
+        ("--config.batch_size=30", "not divisible by the number of devices"),
+        ("--config.optimiser.name=sgd", "optimiser"),
+    ],
+)
+def test_bad_input_exits_nonzero_with_a_clear_message(tmp_path, override, message):
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    workdir = tmp_path / "run"
+    out = run_cli(
+        [
+            "-m",
+            "jaxvision.main",
+            "--config=configs/quickstart.py:smoke",
+            f"--workdir={workdir}",
+            override,
+        ],
+        env=env,
+    )
+    assert out.returncode != 0
+    assert message in out.stderr
+    assert not (workdir / "checkpoints").exists()
+
+
+def test_workdir_that_is_a_file_is_refused(smoke_config, tmp_path):
+    path = tmp_path / "file"
+    path.write_text("not a directory")
+    with pytest.raises(ValueError, match="is a file"):
+        train.run(smoke_config, str(path))
+    assert path.read_text() == "not a directory"
