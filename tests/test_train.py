@@ -47,7 +47,8 @@ def test_smoke_run_writes_the_workdir_contract(smoke_config, tmp_path):
     assert any("train/loss" in r for r in records) and any("eval/accuracy" in r for r in records)
     assert os.listdir(os.path.join(workdir, "tensorboard"))
     assert checkpoint.Checkpoints(os.path.join(workdir, "checkpoints")).all_steps() == [10, 20]
-    saved = json.load(open(os.path.join(workdir, "config.json")))
+    with open(os.path.join(workdir, "config.json")) as f:
+        saved = json.load(f)
     assert saved["model"]["name"] == "cnn" and saved["batch_size"] == 32
 
 
