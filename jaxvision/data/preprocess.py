@@ -78,9 +78,21 @@ def to_rgb_channels(image: tf.Tensor, channels: int) -> tf.Tensor:
     Doing this ourselves (instead of per-format decoder flags) converts grayscale, RGBA,
     gray+alpha and palette images the same way whatever the file format.
     """
-    c = tf.shape(image)[-1]
+    c = tf.clip_by_value(tf.shape(image)[-1], 1, 4) - 1
+    if channels == 1:
+        gray = tf.switch_case(
+            c,
+            [
+                lambda: image,
+                lambda: image[..., :1],
+                lambda: tf.image.rgb_to_grayscale(image[..., :3]),
+                lambda: tf.image.rgb_to_grayscale(image[..., :3]),
+            ],
+        )
+        gray.set_shape([None, None, 1])
+        return gray
     rgb = tf.switch_case(
-        tf.clip_by_value(c, 1, 4) - 1,
+        c,
         [
             lambda: tf.tile(image[..., :1], [1, 1, 3]),
             lambda: tf.tile(image[..., :1], [1, 1, 3]),
@@ -89,8 +101,6 @@ def to_rgb_channels(image: tf.Tensor, channels: int) -> tf.Tensor:
         ],
     )
     rgb.set_shape([None, None, 3])
-    if channels == 1:
-        return tf.image.rgb_to_grayscale(rgb)
     return rgb
 
 
