@@ -75,6 +75,22 @@ def model(name: str, **overrides: object) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({"name": name, **overrides})
 
 
+def load(spec: str) -> ml_collections.ConfigDict:
+    """Loads "path/to/config.py[:arg]" the way `--config=` does (for notebooks and tools)."""
+    import importlib.util
+    import os
+
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Config file {path!r} does not exist.")
+    module_spec = importlib.util.spec_from_file_location("jaxvision_user_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"Config file {path!r} has no get_config(arg=None) function.")
+    return module.get_config(arg or None)
+
+
 def finalize(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
     """Applies the generic `smoke` arg and locks the config against new keys."""
     args = [a for a in (arg or "").split(",") if a]
