@@ -1,0 +1,95 @@
+"""Explanations: return_features of CNN/ResNet, attention rollout, Grad-CAM on a trained model."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from trained_runs import NUM_CLASSES, cnn_workdir
+
+from jaxvision import explain, models, predict
+from jaxvision.data.shapes_render import render_shapes
+
+
+@pytest.mark.parametrize(
+    "name, overrides, names",
+    [
+        ("cnn", {"features": (8, 16), "hidden": (32,)}, {"conv0", "conv1", "fc0", "head"}),
+        ("resnet18", {"stem": "cifar", "width": 0.125}, {"stem_conv", "stage4_block2", "head"}),
+    ],
+)
+def test_return_features_keeps_logits_and_param_names(name, overrides, names):
+    model = models.create(name, num_classes=3, **overrides)
+    x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+    variables = jax.jit(model.init)(jax.random.key(0), x)
+    assert set(variables) <= {"params", "batch_stats"}  # no extra collections at init
+    assert names <= set(variables["params"])
+    logits, features = jax.jit(lambda v, x: model.apply(v, x, return_features=True))(variables, x)
+    np.testing.assert_allclose(logits, jax.jit(model.apply)(variables, x), atol=1e-6)
+    fmap = features["feature_map"]
+    assert fmap.ndim == 4 and fmap.shape[0] == 2 and fmap.shape[1] in (4, 16)
+    assert features["pre_logits"].shape[0] == 2
+    # The perturbation's gradient is the gradient w.r.t. the feature map.
+    zeros = {"feature_map": jnp.zeros_like(fmap)}
+    grad = jax.jit(
+        jax.grad(
+            lambda p: model.apply({**variables, "perturbations": p}, x, return_features=True)[0][
+                :, 0
+            ].sum()
+        )
+    )(zeros)
+    assert float(jnp.abs(grad["feature_map"]).sum()) > 0
+
+
+def test_rollout_follows_the_attention():
+    depth, n, heads, patches = 2, 1, 2, 4
+    tokens = patches + 1
+    # Every token attends only to patch 2 (token 3): the class token's relevance goes there.
+    a = jnp.zeros((depth, n, heads, tokens, tokens)).at[..., 3].set(1.0)
+    relevance = explain.rollout(a, num_prefix_tokens=1)
+    assert relevance.shape == (n, patches)
+    assert int(jnp.argmax(relevance[0])) == 2
+    # Identity attention keeps each token to itself: no relevance reaches any patch.
+    eye = jnp.broadcast_to(jnp.eye(tokens), (depth, n, heads, tokens, tokens))
+    np.testing.assert_allclose(explain.rollout(eye, num_prefix_tokens=1), 0.0, atol=1e-7)
+    # Without a class token (gap pooling) relevance is the mean over output tokens.
+    no_cls = explain.rollout(eye[..., 1:, 1:], num_prefix_tokens=0)
+    np.testing.assert_allclose(no_cls, 1.0 / patches, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["vit_ti4", "r_ti16"])
+def test_rollout_maps_of_vits_and_hybrids_have_the_input_size(name):
+    # r_ti16 sees 32-pixel cells (stem stride 4 x patch 8): 64px gives a 2x2 token grid.
+    size = 32 if name == "vit_ti4" else 64
+    kw = {"depth": 2, "image_size": size, "hidden_size": 64, "num_heads": 2, "mlp_dim": 128}
+    model = models.create(name, num_classes=4, **kw)
+    x = jax.random.normal(jax.random.key(2), (3, size, size, 3))
+    variables = model.init(jax.random.key(0), x)
+    maps, method = explain.explain(model, variables, np.asarray(x))
+    assert method == "attention_rollout"
+    assert maps.shape == (3, size, size)
+    assert maps.min() >= 0.0 and maps.max() <= 1.0 + 1e-6
+    assert np.all(maps.std(axis=(1, 2)) > 0.01)
+
+
+def _shape_masks(images: np.ndarray) -> np.ndarray:
+    """Pixels unlike the border colour: the drawn shape (image borders are background)."""
+    border = np.concatenate([images[:, 0], images[:, -1], images[:, :, 0], images[:, :, -1]], 1)
+    background = np.median(border, axis=1)
+    return np.abs(images.astype(float) - background[:, None, None]).max(-1) > 48
+
+
+def test_grad_cam_of_a_trained_cnn_concentrates_on_the_shape():
+    predictor = predict.Predictor.from_workdir(cnn_workdir())
+    images, labels = render_shapes(64, image_size=32, num_classes=NUM_CLASSES, seed=7)
+    maps, method = predictor.explain(list(images), labels)
+    assert method == "grad_cam"
+    assert maps.shape == (64, 32, 32)
+    assert np.all(maps.std(axis=(1, 2)) > 0.01), "maps must not be constant"
+    mask = _shape_masks(images)
+    shape_mass = (maps * mask).sum((1, 2)) / maps.sum((1, 2))
+    density = (maps * mask).sum((1, 2)) / mask.sum((1, 2))
+    background_density = (maps * ~mask).sum((1, 2)) / (~mask).sum((1, 2))
+    # Shapes cover ~22% of the pixels; a map blind to them would give them ~22% of its mass.
+    assert shape_mass.mean() > 1.4 * mask.mean()
+    assert np.median(density / background_density) > 1.5
+    assert np.mean(density > background_density) > 0.6
