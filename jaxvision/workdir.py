@@ -8,7 +8,6 @@ variables `model.apply` needs. Every failure names the path and what to do.
 import dataclasses
 import functools
 import json
-import math
 import os
 from typing import Any
 
@@ -175,14 +174,3 @@ def load(
         ema=ema,
     )
 
-
-def image_size(run: LoadedRun) -> tuple[int, int, int]:
-    """The model's input shape [H, W, C] (what eval preprocessing produces)."""
-    return tuple(run.info.image_shape)
-
-
-def padded_batch_size(run: LoadedRun, num_images: int, num_devices: int = 1) -> int:
-    """A batch size for inference: the run's eval batch, no larger than needed."""
-    batch = run.config.eval_batch_size or run.config.batch_size
-    batch = min(batch, max(num_images, 1))
-    return math.ceil(batch / num_devices) * num_devices
