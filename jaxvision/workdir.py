@@ -173,4 +173,3 @@ def load(
         step=step,
         ema=ema,
     )
-
