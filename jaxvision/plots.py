@@ -4,22 +4,23 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only: no display on servers and in tests
-
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 from sklearn import metrics as skm
 
 # Above this many classes per-class labels and curves become unreadable.
 _MAX_LABELED_CLASSES = 30
 
 
+def _figure(*args: Any, figsize: tuple[float, float], **kwargs: Any) -> tuple[Figure, Any]:
+    """A figure outside pyplot's global state, so notebooks keep their own backend."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*args, **kwargs)
+
+
 def _save(fig: Any, path: str) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return path
 
 
@@ -29,7 +30,7 @@ def confusion_matrix(matrix: Sequence[Sequence[int]], class_names: list[str], pa
     k = len(cm)
     normalised = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1.0)
     size = min(4 + 0.45 * k, 20)
-    fig, ax = plt.subplots(figsize=(size, size))
+    fig, ax = _figure(figsize=(size, size))
     im = ax.imshow(normalised, cmap="Blues", vmin=0.0, vmax=1.0)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
     if k <= _MAX_LABELED_CLASSES:
@@ -47,7 +48,7 @@ def confusion_matrix(matrix: Sequence[Sequence[int]], class_names: list[str], pa
 
 def roc_curves(labels: np.ndarray, probs: np.ndarray, class_names: list[str], path: str) -> str:
     """One-vs-rest ROC curve per class (or only the micro average for many classes)."""
-    fig, ax = plt.subplots(figsize=(6, 6))
+    fig, ax = _figure(figsize=(6, 6))
     k = probs.shape[1]
     if k <= _MAX_LABELED_CLASSES:
         for c in range(k):
@@ -74,7 +75,7 @@ def reliability_diagram(calibration: dict[str, list[float]], ece: float, path: s
     accuracy = np.asarray(calibration["accuracy"])
     centres = (edges[:-1] + edges[1:]) / 2
     width = edges[1] - edges[0]
-    fig, (ax, ax_count) = plt.subplots(
+    fig, (ax, ax_count) = _figure(
         2, 1, figsize=(6, 7), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
     )
     used = count > 0
@@ -100,7 +101,7 @@ def training_curves(records: list[dict[str, float]], path: str) -> str | None:
     present = [(t, keys) for t, keys in present if keys]
     if not present:
         return None
-    fig, axes = plt.subplots(1, len(present), figsize=(5 * len(present), 4), squeeze=False)
+    fig, axes = _figure(1, len(present), figsize=(5 * len(present), 4), squeeze=False)
     for ax, (title, keys) in zip(axes[0], present):
         for key in keys:
             points = [(r["step"], r[key]) for r in records if key in r]
@@ -115,7 +116,7 @@ def training_curves(records: list[dict[str, float]], path: str) -> str | None:
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, path: str, title: str = "") -> str:
     """The image with a heatmap (same H, W; values 0..1) blended on top, side by side."""
-    fig, axes = plt.subplots(1, 2, figsize=(6, 3.2))
+    fig, axes = _figure(1, 2, figsize=(6, 3.2))
     shown = image[..., 0] if image.shape[-1] == 1 else image
     cmap = "gray" if shown.ndim == 2 else None
     axes[0].imshow(shown, cmap=cmap)
