@@ -21,6 +21,7 @@ from jaxvision.console import log
 from jaxvision.data import preprocess
 
 EVAL_DIRS = ("test", "val", "validation")
+_LOG_LINES = 21  # the summary and the first 20 problems
 
 
 @dataclasses.dataclass
@@ -88,7 +89,9 @@ def _save_cache(path: str, verdicts: dict) -> None:
 def _walk(directory: str) -> list[str]:
     """Every non-hidden file under `directory`, in sorted order."""
     files = []
-    for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
+    # Symlinked class folders work (the top is always followed); links below are not
+    # followed, so a link cycle cannot make the scan loop forever.
+    for dirpath, dirnames, filenames in os.walk(directory):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         files += [os.path.join(dirpath, f) for f in sorted(filenames) if not f.startswith(".")]
     return files
@@ -224,8 +227,11 @@ def scan(
             f"Image folder {root}: {report.num_skipped} bad files (dataset.on_bad_file='error'):\n"
             + "\n".join(report.lines()[1:21])
         )
-    for line in report.lines():
+    lines = report.lines()
+    for line in lines[:_LOG_LINES]:
         log.info("%s: %s", root, line)
+    if len(lines) > _LOG_LINES:
+        log.info("%s: ... and %d more (see ScanReport)", root, len(lines) - _LOG_LINES)
     other = [d for d in EVAL_DIRS if d in splits]
     if eval_split not in splits and other:
         log.info("%s has no %s/: evaluating on %s/.", root, eval_split, other[0])
