@@ -13,8 +13,11 @@ import ml_collections
 # overrides, so they are free-form (the model constructor rejects unknown ones).
 _FREE_FORM = ("model",)
 
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("cosine", "constant")
+OPTIMIZERS = ("sgd", "adamw", "lamb", "lion", "adafactor")
+SCHEDULES = ("cosine", "linear", "rsqrt", "step", "constant")
+LOSSES = ("softmax_xent", "sigmoid_xent")
+COMPUTE_DTYPES = ("float32", "bfloat16")
+ON_NONFINITE = ("stop", "skip")
 
 
 def base() -> ml_collections.ConfigDict:
@@ -47,6 +50,19 @@ def base() -> ml_collections.ConfigDict:
     c.num_train_steps = -1  # -1: derived from num_epochs
     c.num_epochs = 10.0
     c.eval_batch_size = 0  # 0 = batch_size
+    c.grad_accum_steps = 1  # split each batch into this many sequential micro-batches
+
+    c.loss = "softmax_xent"  # or "sigmoid_xent" (per-class binary cross-entropy, summed)
+    c.label_smoothing = 0.0
+    c.mixup = ml_collections.ConfigDict()
+    c.mixup.mixup_alpha = 0.0  # > 0: mixup with lambda ~ Beta(alpha, alpha), on device
+    c.mixup.cutmix_alpha = 0.0  # > 0: cutmix
+    c.mixup.switch_prob = 0.5  # with both on: probability of cutmix for a batch
+    c.compute_dtype = "float32"  # "bfloat16": bf16 activations, fp32 master weights
+
+    c.parallel = ml_collections.ConfigDict()
+    c.parallel.fsdp = False  # shard large parameters and optimizer state along `data`
+    c.parallel.fsdp_min_size = 2**16  # parameters with fewer elements stay replicated
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adamw"
@@ -57,16 +73,27 @@ def base() -> ml_collections.ConfigDict:
     c.optimizer.b2 = 0.999  # adamw
     c.optimizer.weight_decay = 0.0
     c.optimizer.grad_clip_norm = 0.0  # 0 = no clipping
+    c.optimizer.weight_decay_mask = r"(^|/)kernel$"  # regex on "/"-joined parameter paths
+    c.optimizer.freeze = ""  # regex: matching parameters are not trained ("" = none)
+    c.optimizer.lr_multipliers = ()  # ((regex, multiplier), ...): first match wins
+    c.optimizer.ema_decay = 0.0  # > 0: keep, evaluate and checkpoint an EMA of the weights
 
     c.schedule = ml_collections.ConfigDict()
     c.schedule.name = "cosine"  # linear warmup, then cosine decay to end_factor * peak
     c.schedule.warmup_steps = 0
-    c.schedule.end_factor = 0.0
+    c.schedule.warmup_epochs = 0.0  # alternative to warmup_steps
+    c.schedule.end_factor = 0.0  # cosine, linear: final lr = end_factor * peak
+    c.schedule.timescale_steps = 10_000  # rsqrt: lr = peak / sqrt(1 + t / timescale)
+    c.schedule.boundaries_steps = ()  # step: multiply lr by decay_factor at these steps
+    c.schedule.boundaries_epochs = ()  # step: ... or at these epochs
+    c.schedule.decay_factor = 0.1  # step
 
     c.log_every_steps = 50
     c.eval_every_steps = 500  # also at the end; 0 = only at the end
     c.checkpoint_every_steps = 500  # also at the end
     c.keep_checkpoints = 3
+    c.on_nonfinite = "stop"  # NaN/Inf loss or gradient: "stop" the run or "skip" the step
+    c.force_resume = False  # resume even if the model or data config changed
     return c
 
 
@@ -150,6 +177,13 @@ def _require(ok: bool, message: str) -> None:
         raise ValueError(message)
 
 
+def _check_choice(key: str, value: str, known: tuple[str, ...]) -> None:
+    _require(
+        value in known,
+        f"Unknown {key} {value!r}.{_suggest(value, list(known))} Known: {', '.join(known)}.",
+    )
+
+
 def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_processes: int) -> None:
     """Checks values a run depends on; raises ValueError naming the key and what to do."""
     check_keys(config)
@@ -179,24 +213,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_process
         f"Set num_train_steps > 0 or num_epochs > 0 (got num_train_steps={config.num_train_steps}, "
         f"num_epochs={config.num_epochs}).",
     )
-    opt = config.optimizer
-    _require(
-        opt.name in OPTIMIZERS,
-        f"Unknown optimizer.name {opt.name!r}.{_suggest(opt.name, list(OPTIMIZERS))} "
-        f"Known: {', '.join(OPTIMIZERS)}.",
-    )
-    _require(
-        opt.learning_rate > 0, f"optimizer.learning_rate must be > 0, got {opt.learning_rate}."
-    )
-    _require(opt.weight_decay >= 0, f"optimizer.weight_decay must be >= 0, got {opt.weight_decay}.")
-    sched = config.schedule
-    _require(
-        sched.name in SCHEDULES,
-        f"Unknown schedule.name {sched.name!r}. Known: {', '.join(SCHEDULES)}.",
-    )
-    _require(
-        sched.warmup_steps >= 0, f"schedule.warmup_steps must be >= 0, got {sched.warmup_steps}."
-    )
+    _validate_optimization(config, num_devices)
     for key in ("log_every_steps", "checkpoint_every_steps"):
         _require(config[key] > 0, f"{key} must be positive, got {config[key]}.")
     _require(config.eval_every_steps >= 0, "eval_every_steps must be >= 0 (0 = only at the end).")
@@ -204,3 +221,48 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_process
     from jaxvision.data import catalog
 
     catalog.validate_config(config.dataset)  # values and preprocessing ops, naming the key
+
+
+def _validate_optimization(config: ml_collections.ConfigDict, num_devices: int) -> None:
+    """Optimizer, schedule, loss and precision values."""
+    opt = config.optimizer
+    _check_choice("optimizer.name", opt.name, OPTIMIZERS)
+    _require(
+        opt.learning_rate > 0, f"optimizer.learning_rate must be > 0, got {opt.learning_rate}."
+    )
+    _require(opt.weight_decay >= 0, f"optimizer.weight_decay must be >= 0, got {opt.weight_decay}.")
+    _require(opt.grad_clip_norm >= 0, "optimizer.grad_clip_norm must be >= 0 (0 = no clipping).")
+    _require(0 <= opt.ema_decay < 1, f"optimizer.ema_decay must be in [0, 1), got {opt.ema_decay}.")
+    for pair in opt.lr_multipliers:
+        _require(
+            len(pair) == 2 and isinstance(pair[0], str) and pair[1] >= 0,
+            f"optimizer.lr_multipliers entries are (regex, multiplier >= 0) pairs, got {pair!r}.",
+        )
+    sched = config.schedule
+    _check_choice("schedule.name", sched.name, SCHEDULES)
+    _require(
+        sched.warmup_steps >= 0 and sched.warmup_epochs >= 0,
+        f"schedule.warmup_steps/warmup_epochs must be >= 0, got {sched.warmup_steps}/"
+        f"{sched.warmup_epochs}.",
+    )
+    _require(
+        not (sched.warmup_steps and sched.warmup_epochs),
+        "Set schedule.warmup_steps or schedule.warmup_epochs, not both.",
+    )
+    _require(
+        not (sched.boundaries_steps and sched.boundaries_epochs),
+        "Set schedule.boundaries_steps or schedule.boundaries_epochs, not both.",
+    )
+    _require(sched.timescale_steps > 0, "schedule.timescale_steps must be > 0.")
+    _check_choice("loss", config.loss, LOSSES)
+    _check_choice("compute_dtype", config.compute_dtype, COMPUTE_DTYPES)
+    _check_choice("on_nonfinite", config.on_nonfinite, ON_NONFINITE)
+    _require(0 <= config.label_smoothing < 1, "label_smoothing must be in [0, 1).")
+    for key in ("mixup_alpha", "cutmix_alpha"):
+        _require(config.mixup[key] >= 0, f"mixup.{key} must be >= 0, got {config.mixup[key]}.")
+    k = config.grad_accum_steps
+    _require(
+        k >= 1 and config.batch_size % (k * num_devices) == 0,
+        f"grad_accum_steps={k} must be >= 1 and batch_size={config.batch_size} divisible by "
+        f"grad_accum_steps x devices ({k} x {num_devices}).",
+    )

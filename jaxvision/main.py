@@ -1,4 +1,9 @@
-"""Command line: python -m jaxvision.main --config=FILE[:ARG] --workdir=DIR [--config.KEY=VALUE]."""
+"""Command line: python -m jaxvision.main --config=FILE[:ARG] --workdir=DIR [--config.KEY=VALUE].
+
+Several machines: start the same command on each. Under SLURM, MPI or on a Cloud TPU pod
+the processes find each other; elsewhere pass --coordinator_address, --num_processes and
+--process_id (see docs/scaling.md).
+"""
 
 import sys
 
@@ -9,22 +14,30 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file.", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", "", "HOST:PORT of process 0, for multi-process runs without a launcher."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Number of processes (with coordinator).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process's index, 0..num_processes-1.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> None:
-    """Hands the parsed config to `train.run`; bad input exits 2 with the reason."""
+    """Hands the parsed config to `train.run`; bad input exits 2, divergence or damage 1."""
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    from jaxvision import console, train
+    from jaxvision import checkpoint, console, parallel, train
 
     console.setup()
-
     try:
+        parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
         result = train.run(_CONFIG.value, _WORKDIR.value)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except (train.DivergedError, checkpoint.CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
     console.log.info("Final: %s", {k: round(v, 4) for k, v in result.items()})
 
 

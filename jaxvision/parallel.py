@@ -1,17 +1,84 @@
-"""The one place that knows the device mesh: shardings and global batches."""
+"""The one place that knows the device mesh: multi-host start-up, shardings, global batches.
+
+Every array in a run is a global `jax.Array` on a 1-D mesh named `data` over every device
+of every process; `jax.jit` partitions the computation. Consequences the rest of the code
+relies on:
+- BatchNorm statistics are means over the *global* batch axis, so XLA all-reduces them and
+  they do not depend on the number of devices.
+- Random numbers (dropout, mixup) are drawn for global shapes with partitionable threefry:
+  each device computes only its own slice (its own stream) and the values are the same for
+  any device count.
+"""
 
 import collections
+import os
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxvision.console import log
+
 DATA_AXIS = "data"
+
+# Environment variables that mean "this process is one of several started by a launcher".
+_CLUSTER_ENV = {
+    "SLURM": ("SLURM_NTASKS", "SLURM_JOB_ID"),
+    "Open MPI": ("OMPI_COMM_WORLD_SIZE",),
+    "MPI (PMI)": ("PMI_SIZE",),
+    "Cloud TPU pod": ("TPU_WORKER_HOSTNAMES",),
+}
+
+
+def _detected_cluster() -> str | None:
+    for name, keys in _CLUSTER_ENV.items():
+        if all(k in os.environ for k in keys):
+            size = os.environ.get(keys[0], "")
+            if name == "Cloud TPU pod":
+                if len(os.environ[keys[0]].split(",")) > 1:
+                    return name
+            elif size.isdigit() and int(size) > 1:
+                return name
+    return None
+
+
+def initialize_distributed(
+    coordinator_address: str = "", num_processes: int = 0, process_id: int = -1
+) -> None:
+    """Starts JAX's multi-process runtime when asked or when a cluster launcher is detected.
+
+    Must run before anything touches a device. Explicit arguments win; otherwise SLURM, MPI
+    and Cloud TPU pods are recognised from their environment and JAX detects the rest.
+    """
+    # CPU processes exchange collectives over gloo (GPU/TPU ignore this setting).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if coordinator_address or num_processes:
+        if not (coordinator_address and num_processes > 0 and process_id >= 0):
+            raise ValueError(
+                "Multi-process runs need all of --coordinator_address=HOST:PORT, "
+                "--num_processes=N and --process_id=I (got "
+                f"{coordinator_address!r}, {num_processes}, {process_id})."
+            )
+        jax.distributed.initialize(
+            coordinator_address=coordinator_address,
+            num_processes=num_processes,
+            process_id=process_id,
+        )
+    elif (cluster := _detected_cluster()) is not None:
+        log.info("Detected a %s launch: initialising jax.distributed.", cluster)
+        jax.distributed.initialize()
+    else:
+        return
+    log.info("Process %d of %d.", jax.process_index(), jax.process_count())
 
 
 def make_mesh() -> Mesh:
     """A 1-D mesh over every device of every process, named `data`."""
+    # Already the default; results independent of the device count depend on it.
+    jax.config.update("jax_threefry_partitionable", True)
     return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
 
 
@@ -23,6 +90,27 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 def replicated(mesh: Mesh) -> NamedSharding:
     """A full copy on every device (parameters and optimizer state)."""
     return NamedSharding(mesh, PartitionSpec())
+
+
+def fsdp_sharding(shape: tuple[int, ...], mesh: Mesh, min_size: int) -> NamedSharding:
+    """Splits the largest axis divisible by the device count over `data`; small or
+    indivisible arrays stay replicated (their all-gather would cost more than it saves)."""
+    n = mesh.shape[DATA_AXIS]
+    if n == 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
+        return replicated(mesh)
+    for axis in sorted(range(len(shape)), key=lambda a: -shape[a]):
+        if shape[axis] % n == 0:
+            spec = [None] * len(shape)
+            spec[axis] = DATA_AXIS
+            return NamedSharding(mesh, PartitionSpec(*spec))
+    return replicated(mesh)
+
+
+def state_shardings(abstract_state: Any, mesh: Mesh, *, fsdp: bool, min_size: int) -> Any:
+    """Shardings for every leaf of the train state: replicated, or FSDP for large leaves."""
+    if not fsdp:
+        return jax.tree.map(lambda _: replicated(mesh), abstract_state)
+    return jax.tree.map(lambda x: fsdp_sharding(x.shape, mesh, min_size), abstract_state)
 
 
 def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
@@ -43,3 +131,17 @@ def prefetch_to_mesh(
             yield queue.popleft()
     while queue:
         yield queue.popleft()
+
+
+def barrier(name: str) -> None:
+    """Waits until every process reaches the barrier `name` (no-op with one process)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
+def any_process(flag: bool) -> bool:
+    """True on every process if `flag` is true on any (a collective: all must call it)."""
+    if jax.process_count() == 1:
+        return flag
+    flags = multihost_utils.process_allgather(np.asarray(flag, np.int32))
+    return bool(np.any(flags))

@@ -1,12 +1,16 @@
 """Pure train and eval steps: (state, batch) -> (state, metrics), jit-able, no I/O."""
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
+
+from jaxvision import mix, optim
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -17,6 +21,37 @@ class TrainState(flax.struct.PyTreeNode):
     batch_stats: Any
     opt_state: Any
     rng: jax.Array
+
+    @property
+    def ema_params(self) -> Any:
+        """The EMA of the parameters (kept in the optimizer state), or None without EMA."""
+        return optim.ema_params(self.opt_state)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepOptions:
+    """What the train step does besides the plain update; built from the config."""
+
+    loss: str = "softmax_xent"
+    label_smoothing: float = 0.0
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mix_switch_prob: float = 0.5
+    accum_steps: int = 1
+    skip_nonfinite: bool = False
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> "StepOptions":
+        """The options a config asks for."""
+        return cls(
+            loss=config.loss,
+            label_smoothing=config.label_smoothing,
+            mixup_alpha=config.mixup.mixup_alpha,
+            cutmix_alpha=config.mixup.cutmix_alpha,
+            mix_switch_prob=config.mixup.switch_prob,
+            accum_steps=config.grad_accum_steps,
+            skip_nonfinite=config.on_nonfinite == "skip",
+        )
 
 
 def init_state(
@@ -36,10 +71,64 @@ def init_state(
     )
 
 
-def _variables(state: TrainState, params: Any) -> dict:
-    if state.batch_stats:
-        return {"params": params, "batch_stats": state.batch_stats}
+def _variables(params: Any, batch_stats: Any) -> dict:
+    if batch_stats:
+        return {"params": params, "batch_stats": batch_stats}
     return {"params": params}
+
+
+def example_losses(logits: jax.Array, targets: jax.Array, loss: str) -> jax.Array:
+    """Per-example loss [N] against soft targets [N, K]."""
+    if loss == "sigmoid_xent":
+        # Summed over classes (as in big_vision), so its scale does not shrink with K.
+        return optax.sigmoid_binary_cross_entropy(logits, targets).sum(-1)
+    return optax.softmax_cross_entropy(logits, targets)
+
+
+def _micro_batches(batch: dict[str, jax.Array], k: int) -> dict[str, jax.Array]:
+    """[N, ...] -> [k, N/k, ...]; micro-batch i takes every k-th example from i, so each
+    device's contiguous slice of the batch contributes equally to every micro-batch."""
+    return jax.tree.map(lambda x: x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1), batch)
+
+
+def _grads(state, batch, dropout_rng, model, options):
+    """Mean loss gradient over the batch, accumulated over `accum_steps` micro-batches."""
+    has_bn = bool(state.batch_stats)
+
+    def loss_fn(params, batch_stats, mb, rng):
+        out = model.apply(
+            _variables(params, batch_stats),
+            mb["image"],
+            train=True,
+            rngs={"dropout": rng},
+            mutable=["batch_stats"] if has_bn else False,
+        )
+        logits, updates = out if has_bn else (out, {})
+        losses = example_losses(logits, mb["target"], options.loss) * mb["weight"]
+        correct = jnp.mean(jnp.argmax(logits, -1) == mb["label"])
+        return jnp.mean(losses), (correct, updates.get("batch_stats", batch_stats))
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    k = options.accum_steps
+    if k == 1:
+        (loss, (acc, stats)), grads = grad_fn(state.params, state.batch_stats, batch, dropout_rng)
+        return loss, acc, stats, grads
+
+    def body(carry, xs):
+        grad_sum, stats, loss_sum, acc_sum = carry
+        mb, i = xs
+        (loss, (acc, stats)), g = grad_fn(
+            state.params, stats, mb, jax.random.fold_in(dropout_rng, i)
+        )
+        grad_sum = jax.tree.map(jnp.add, grad_sum, g)
+        return (grad_sum, stats, loss_sum + loss, acc_sum + acc), None
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    init = (zeros, state.batch_stats, jnp.zeros(()), jnp.zeros(()))
+    xs = (_micro_batches(batch, k), jnp.arange(k))
+    (grad_sum, stats, loss_sum, acc_sum), _ = jax.lax.scan(body, init, xs)
+    grads = jax.tree.map(lambda g: g / k, grad_sum)
+    return loss_sum / k, acc_sum / k, stats, grads
 
 
 def train_step(
@@ -49,53 +138,69 @@ def train_step(
     model: nn.Module,
     tx: optax.GradientTransformation,
     learning_rate_fn: optax.Schedule,
+    options: StepOptions = StepOptions(),
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step on a global batch; returns the new state and scalar metrics."""
-    dropout_rng = jax.random.fold_in(state.rng, state.step)
-    has_bn = bool(state.batch_stats)
-
-    def loss_fn(params):
-        out = model.apply(
-            _variables(state, params),
-            batch["image"],
-            train=True,
-            rngs={"dropout": dropout_rng},
-            mutable=["batch_stats"] if has_bn else False,
-        )
-        logits, updates = out if has_bn else (out, {})
-        losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-        # Optional per-example weights (class-weighted loss) come with the batch.
-        loss = jnp.mean(losses * batch["weight"]) if "weight" in batch else jnp.mean(losses)
-        return loss, (logits, updates)
-
-    (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, param_updates)
+    dropout_rng, mix_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
+    images, labels = batch["image"], batch["label"]
+    targets = jax.nn.one_hot(labels, model.num_classes, dtype=jnp.float32)
+    images, targets = mix.mix_batch(
+        mix_rng,
+        images,
+        targets,
+        mixup_alpha=options.mixup_alpha,
+        cutmix_alpha=options.cutmix_alpha,
+        switch_prob=options.mix_switch_prob,
+    )
+    if options.label_smoothing:
+        targets = optax.smooth_labels(targets, options.label_smoothing)
+    # Optional per-example weights (class-weighted loss) come with the batch.
+    weight = batch.get("weight", jnp.ones(labels.shape, jnp.float32))
+    prepared = {"image": images, "label": labels, "target": targets, "weight": weight}
+    loss, accuracy, batch_stats, grads = _grads(state, prepared, dropout_rng, model, options)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
     new_state = state.replace(
         step=state.step + 1,
-        params=params,
-        batch_stats=updates.get("batch_stats", state.batch_stats),
+        params=optax.apply_updates(state.params, updates),
+        batch_stats=batch_stats,
         opt_state=opt_state,
     )
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    if options.skip_nonfinite:
+        # Keep the old weights and statistics; only the step (and so the data) moves on.
+        kept = state.replace(step=state.step + 1)
+        new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, kept)
     metrics = {
         "loss": loss,
-        "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
-        "grad_norm": optax.global_norm(grads),
+        "accuracy": accuracy,
+        "grad_norm": grad_norm,
+        "param_norm": optax.global_norm(new_state.params),
         "learning_rate": learning_rate_fn(state.step),
+        "nonfinite": 1.0 - finite.astype(jnp.float32),
     }
     return new_state, metrics
 
 
-def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module) -> dict:
+def eval_step(
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    *,
+    model: nn.Module,
+    loss: str = "softmax_xent",
+    use_ema: bool = False,
+) -> dict:
     """Sums of loss, correct top-1/top-5 and example count over the unmasked examples."""
-    logits = model.apply(_variables(state, state.params), batch["image"], train=False)
+    params = state.ema_params if use_ema else state.params
+    logits = model.apply(_variables(params, state.batch_stats), batch["image"], train=False)
     mask = batch["mask"]
     labels = batch["label"]
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
+    losses = example_losses(logits, targets, loss)
     k = min(5, logits.shape[-1])
     top_k = jax.lax.top_k(logits, k)[1]
     return {
-        "loss_sum": jnp.sum(loss * mask),
+        "loss_sum": jnp.sum(losses * mask),
         "correct": jnp.sum((top_k[:, 0] == labels) * mask),
         "correct_top5": jnp.sum(jnp.any(top_k == labels[:, None], axis=-1) * mask),
         "count": jnp.sum(mask),

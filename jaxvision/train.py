@@ -1,17 +1,31 @@
-"""The training loop: init or resume, step, eval, checkpoint, log."""
+"""The training loop: init or resume, step, eval, checkpoint, log, survive interruptions."""
 
+import dataclasses
 import functools
+import json
 import math
 import os
+import signal
+import threading
 import time
+from typing import Any
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from jaxvision import checkpoint, data, models, optim, parallel, steps, writers
 from jaxvision import config as config_lib
 from jaxvision.console import log
+
+# Dataset keys that change how fast data is read, not which data: free to change on resume.
+_RUNTIME_DATASET_KEYS = ("data_dir", "cache", "download", "parallel_calls", "threads")
+
+
+class DivergedError(RuntimeError):
+    """The loss or gradient became NaN/Inf; the message names the step and the metric."""
 
 
 def check_workdir(workdir: str) -> None:
@@ -29,13 +43,18 @@ def num_train_steps(config: ml_collections.ConfigDict, num_train_examples: int) 
     return max(1, math.ceil(config.num_epochs * num_train_examples / config.batch_size))
 
 
-def create_model(config: ml_collections.ConfigDict, num_classes: int):
-    """The registered model named by `config.model.name` with its overrides."""
+def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+    """The registered model named by `config.model.name` with its overrides and compute dtype."""
     overrides = {k: v for k, v in config.model.items() if k != "name"}
+    if config.compute_dtype == "bfloat16":
+        # Parameters stay float32 (the master weights); activations and matmuls run in bf16.
+        overrides.setdefault("dtype", jnp.bfloat16)
     return models.create(config.model.name, num_classes=num_classes, **overrides)
 
 
-def evaluate(eval_fn, state: steps.TrainState, eval_data: data.EvalData) -> dict[str, float]:
+def evaluate(
+    eval_fn, state: steps.TrainState, eval_data: data.EvalData, prefix: str = "eval"
+) -> dict[str, float]:
     """Loss, top-1 and top-5 accuracy over the whole eval split (each example once)."""
     totals = None
     for batch in eval_data:
@@ -44,107 +63,315 @@ def evaluate(eval_fn, state: steps.TrainState, eval_data: data.EvalData) -> dict
     totals = jax.device_get(totals)
     count = float(totals["count"])
     return {
-        "eval/loss": float(totals["loss_sum"]) / count,
-        "eval/accuracy": float(totals["correct"]) / count,
-        "eval/accuracy_top5": float(totals["correct_top5"]) / count,
-        "eval/num_examples": count,
+        f"{prefix}/loss": float(totals["loss_sum"]) / count,
+        f"{prefix}/accuracy": float(totals["correct"]) / count,
+        f"{prefix}/accuracy_top5": float(totals["correct_top5"]) / count,
+        f"{prefix}/num_examples": count,
     }
 
 
-def _save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+def config_record(config: ml_collections.ConfigDict) -> dict:
+    """The config as plain JSON data (what config.json and checkpoint metadata hold)."""
+    return json.loads(config.to_json_best_effort(sort_keys=True))
+
+
+def resume_differences(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
+    """Model and data settings that differ between a checkpoint's config and `config`."""
+    now = config_record(config)
+    diffs = []
+    for section in ("model", "dataset"):
+        old, new = saved.get(section, {}), now[section]
+        for key in sorted(set(old) | set(new)):
+            if section == "dataset" and key in _RUNTIME_DATASET_KEYS:
+                continue
+            if old.get(key, "<unset>") != new.get(key, "<unset>"):
+                was, is_ = old.get(key, "<unset>"), new.get(key, "<unset>")
+                diffs.append(f"{section}.{key}: checkpoint {was!r}, now {is_!r}")
+    return diffs
+
+
+def _prepare_data(config: ml_collections.ConfigDict) -> data.DataInfo:
+    """Process 0 prepares the dataset first; the others wait, then open what it wrote."""
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+        info = data.prepare(config)
+    parallel.barrier("jaxvision_data_prepared")
+    if jax.process_index() != 0:
+        info = data.prepare(config)
+    return info
+
+
+@dataclasses.dataclass
+class _Setup:
+    """Everything the loop needs, built once from the config."""
+
+    config: ml_collections.ConfigDict
+    info: data.DataInfo
+    model: nn.Module
+    total_steps: int
+    mesh: Any
+    state_sharding: Any
+    init_fn: Any
+    train_fn: Any
+    eval_fns: dict[str, Any]  # metric prefix -> jitted eval step
+
+
+def _build(config: ml_collections.ConfigDict) -> _Setup:
+    info = _prepare_data(config)
+    model = create_model(config, info.num_classes)
+    total_steps = num_train_steps(config, info.num_train)
+    spe = info.num_train / config.batch_size
+    tx = optim.build(config, total_steps, steps_per_epoch=spe)  # bad schedules fail here
+    lr_fn = optim.learning_rate_schedule(config, total_steps, steps_per_epoch=spe)
+    mesh = parallel.make_mesh()
+    init = functools.partial(steps.init_state, model, tx, config.seed, info.image_shape)
+    state_sharding = parallel.state_shardings(
+        jax.eval_shape(init),
+        mesh,
+        fsdp=config.parallel.fsdp,
+        min_size=config.parallel.fsdp_min_size,
+    )
+    batch_sharding, replicated = parallel.batch_sharding(mesh), parallel.replicated(mesh)
+    options = steps.StepOptions.from_config(config)
+    train_fn = jax.jit(
+        functools.partial(
+            steps.train_step, model=model, tx=tx, learning_rate_fn=lr_fn, options=options
+        ),
+        in_shardings=(state_sharding, batch_sharding),
+        out_shardings=(state_sharding, replicated),
+        donate_argnums=0,
+    )
+    eval_fns = {}
+    for prefix, use_ema in (("eval", False), ("eval_ema", True)):
+        if use_ema and config.optimizer.ema_decay <= 0:
+            continue
+        eval_fns[prefix] = jax.jit(
+            functools.partial(steps.eval_step, model=model, loss=config.loss, use_ema=use_ema),
+            in_shardings=(state_sharding, batch_sharding),
+            out_shardings=replicated,
+        )
+    init_fn = jax.jit(init, out_shardings=state_sharding)
+    return _Setup(
+        config, info, model, total_steps, mesh, state_sharding, init_fn, train_fn, eval_fns
+    )
+
+
+def _restore_or_init(
+    s: _Setup, ckpts: checkpoint.Checkpoints, workdir: str
+) -> tuple[steps.TrainState, int]:
+    """The latest intact checkpoint if the config still fits it, else a fresh state."""
+    state = s.init_fn()
+    latest = ckpts.latest_step()
+    if latest is not None:
+        try:
+            saved = ckpts.read_meta(latest).get("config", {})
+        except Exception:  # unreadable metadata: restore_latest reports the damage
+            saved = {}
+        diffs = resume_differences(saved, s.config) if saved else []
+        if diffs and not s.config.force_resume:
+            raise ValueError(
+                f"{workdir} holds a run with a different model or data config:\n  "
+                + "\n  ".join(diffs)
+                + "\nUse a fresh --workdir, or --config.force_resume=True to resume anyway."
+            )
+        if diffs:
+            log.warning("Resuming despite config changes: %s", "; ".join(diffs))
+    restored = ckpts.restore_latest(state)
+    if restored is None:
+        return state, 0
+    state, _, step = restored
+    log.info("Resumed from %s at step %d.", ckpts.directory, step)
+    return state, step
+
+
+class _StopRequest:
+    """SIGTERM/SIGINT set a flag; the loop saves at the current step and returns."""
+
+    def __init__(self):
+        self.signal_name = ""
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signal_name = signal.Signals(signum).name
+        # A second signal falls through to the previous behaviour (e.g. KeyboardInterrupt).
+        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def requested(self, step: int, every: int) -> bool:
+        """Whether to stop now; with several processes they agree every `every` steps."""
+        if jax.process_count() == 1:
+            return bool(self.signal_name)
+        return step % every == 0 and parallel.any_process(bool(self.signal_name))
+
+
+def check_finite(records: list[tuple[int, dict]], on_nonfinite: str) -> int:
+    """Raises DivergedError at the first NaN/Inf step ("stop"); returns skipped ("skip")."""
+    skipped = 0
+    for step, metrics in records:
+        bad = [k for k in ("loss", "grad_norm") if not np.isfinite(metrics[k])]
+        if not bad and not metrics["nonfinite"]:
+            continue
+        if on_nonfinite == "skip":
+            skipped += 1
+            continue
+        raise DivergedError(
+            f"Training diverged at step {step}: "
+            + ", ".join(f"train/{k} = {metrics[k]}" for k in bad or ["loss"])
+            + ". The last good checkpoint is kept. Lower optimizer.learning_rate, set "
+            "optimizer.grad_clip_norm, or --config.on_nonfinite=skip to skip such steps."
+        )
+    return skipped
+
+
+class _Loop:
+    """The step loop's bookkeeping: pending metrics, logging, eval, checkpoints, summary."""
+
+    def __init__(self, s: _Setup, ckpts, writer, start_step: int):
+        self.s, self.ckpts, self.writer = s, ckpts, writer
+        self.progress = writers.Progress(s.total_steps, start_step, s.config.batch_size)
+        self.pending: list[tuple[int, dict]] = []
+        self.start_step = start_step
+        self.best: tuple[float, int] | None = None
+        self.final: dict[str, float] = {}
+
+    def fetch(self) -> list[tuple[int, dict]]:
+        """Pending per-step metrics on the host, checked for NaN/Inf."""
+        fetched = [(step, jax.device_get(m)) for step, m in self.pending]
+        skipped = check_finite(fetched, self.s.config.on_nonfinite)
+        if skipped:
+            log.warning("Skipped %d steps with a NaN/Inf loss or gradient.", skipped)
+        return fetched
+
+    def log_train(self, step: int) -> None:
+        fetched = self.fetch()
+        self.pending = []
+        keys = [k for k in fetched[0][1] if k != "nonfinite"]
+        scalars = {f"train/{k}": float(np.mean([m[k] for _, m in fetched])) for k in keys}
+        if self.s.config.on_nonfinite == "skip":
+            scalars["train/skipped_steps"] = float(sum(m["nonfinite"] for _, m in fetched))
+        img_per_s, step_time = self.progress.rate(step)
+        scalars["train/img_per_s"] = img_per_s
+        scalars["train/step_ms"] = step_time * 1e3
+        scalars.update(writers.device_memory())
+        self.writer.write(step, scalars)
+        shown = ("train/loss", "train/accuracy", "train/learning_rate")
+        self.progress.line(step, {k: scalars[k] for k in shown}, img_per_s)
+
+    def evaluate(self, state, step: int, eval_data) -> None:
+        self.progress.clear() if self.progress.tty else None
+        for prefix, eval_fn in self.s.eval_fns.items():
+            result = evaluate(eval_fn, state, eval_data, prefix)
+            self.writer.write(step, result)
+            self.final.update(result)
+            log.info(
+                "step %d: %s accuracy %.4f, loss %.4f",
+                step,
+                prefix,
+                result[f"{prefix}/accuracy"],
+                result[f"{prefix}/loss"],
+            )
+            accuracy = result[f"{prefix}/accuracy"]
+            if self.best is None or accuracy > self.best[0]:
+                self.best = (accuracy, step)
+
+    def save(self, state, step: int) -> None:
+        self.fetch()  # never checkpoint a diverged state
+        meta = {"step": step, "dataset": self.s.info.spec.name}
+        self.ckpts.save(step, state, {**meta, "config": config_record(self.s.config)})
+
+    def summary(self, step: int, seconds: float) -> dict[str, float]:
+        images = (step - self.start_step) * self.s.config.batch_size
+        out = {
+            **self.final,
+            "train/wall_seconds": seconds,
+            "train/mean_img_per_s": images / max(seconds, 1e-9),
+        }
+        best = f"best eval accuracy {self.best[0]:.4f} at step {self.best[1]}" if self.best else ""
+        log.info(
+            "Done: step %d/%d in %.1f s, %.0f img/s%s.",
+            step,
+            self.s.total_steps,
+            seconds,
+            out["train/mean_img_per_s"],
+            f", {best}" if best else "",
+        )
+        if self.best:
+            out["eval/best_accuracy"], out["eval/best_step"] = self.best[0], float(self.best[1])
+        return out
+
+
+def _train(s: _Setup, state, loop: _Loop, stop: _StopRequest) -> tuple[Any, int]:
+    """Runs the steps; returns the last state and step (earlier if a stop was requested)."""
+    config = s.config
+    eval_data = data.eval_batches(config, s.info, s.mesh)
+    batches = data.train_batches(config, s.info, s.mesh, loop.start_step)
+    step = loop.start_step
+    for step in range(loop.start_step + 1, s.total_steps + 1):
+        state, metrics = s.train_fn(state, next(batches))
+        loop.pending.append((step, metrics))
+        last = step == s.total_steps
+        stopping = stop.requested(step, config.log_every_steps)
+        if step % config.log_every_steps == 0 or last or stopping:
+            loop.log_train(step)
+        if (config.eval_every_steps and step % config.eval_every_steps == 0) or last:
+            loop.evaluate(state, step, eval_data)
+        if step % config.checkpoint_every_steps == 0 or last or stopping:
+            loop.save(state, step)
+        if stopping:
+            log.warning(
+                "%s received: saved a checkpoint at step %d; stopping.", stop.signal_name, step
+            )
+            break
+    return state, step
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Trains `config` in `workdir`, resuming from its latest checkpoint; returns final metrics."""
     check_workdir(workdir)
     config_lib.validate(config, num_devices=jax.device_count(), num_processes=jax.process_count())
-    info = data.prepare(config)
-    model = create_model(config, info.num_classes)
-    total_steps = num_train_steps(config, info.num_train)
-    tx = optim.build(config, total_steps)
-    lr_fn = optim.learning_rate_schedule(config, total_steps)
-
+    s = _build(config)
     os.makedirs(workdir, exist_ok=True)
-    _save_config(config, workdir)
-    mesh = parallel.make_mesh()
-    replicated = parallel.replicated(mesh)
-    batch_sharding = parallel.batch_sharding(mesh)
-    init = jax.jit(
-        functools.partial(steps.init_state, model, tx, config.seed, info.image_shape),
-        out_shardings=replicated,
-    )
-    state = init()
     ckpts = checkpoint.Checkpoints(
         os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints
     )
-    start_step = ckpts.latest_step() or 0
-    if start_step:
-        state, _ = ckpts.restore(start_step, state)
-        log.info("Resumed from %s at step %d.", ckpts.directory, start_step)
-
-    train_fn = jax.jit(
-        functools.partial(steps.train_step, model=model, tx=tx, learning_rate_fn=lr_fn),
-        in_shardings=(replicated, batch_sharding),
-        out_shardings=(replicated, replicated),
-        donate_argnums=0,
-    )
-    eval_fn = jax.jit(
-        functools.partial(steps.eval_step, model=model),
-        in_shardings=(replicated, batch_sharding),
-        out_shardings=replicated,
-    )
-    eval_data = data.eval_batches(config, info, mesh)
-    writer = writers.MetricWriter(workdir, resume_step=start_step)
-    progress = writers.Progress(total_steps, start_step, config.batch_size)
-    batches = data.train_batches(config, info, mesh, start_step)
-    log.info(
-        "Training %s on %s: %d steps of %d images on %d devices (%d processes).",
-        config.model.name,
-        info.spec.name,
-        total_steps,
-        config.batch_size,
-        jax.device_count(),
-        jax.process_count(),
-    )
-
-    pending = []  # device metrics, fetched at log time so the loop never waits on the host
-    final = {}
-    start_time = time.perf_counter()
-    for step in range(start_step + 1, total_steps + 1):
-        state, metrics = train_fn(state, next(batches))
-        pending.append(metrics)
-        last = step == total_steps
-        if step % config.log_every_steps == 0 or last:
-            fetched = jax.device_get(pending)
-            pending = []
-            scalars = {f"train/{k}": float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-            img_per_s, step_time = progress.rate(step)
-            scalars["train/img_per_s"] = img_per_s
-            scalars["train/step_ms"] = step_time * 1e3
-            writer.write(step, scalars)
-            progress.line(
-                step, {k: scalars[k] for k in ("train/loss", "train/learning_rate")}, img_per_s
-            )
-        if (config.eval_every_steps and step % config.eval_every_steps == 0) or last:
-            final = evaluate(eval_fn, state, eval_data)
-            writer.write(step, final)
-            log.info(
-                "step %d: eval accuracy %.4f, loss %.4f",
-                step,
-                final["eval/accuracy"],
-                final["eval/loss"],
-            )
-        if step % config.checkpoint_every_steps == 0 or last:
-            ckpts.save(step, state, {"step": step, "dataset": info.spec.name})
-    ckpts.close()
+    try:
+        state, start_step = _restore_or_init(s, ckpts, workdir)
+        if jax.process_index() == 0:
+            with open(os.path.join(workdir, "config.json"), "w") as f:
+                f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+        writer = writers.MetricWriter(workdir, resume_step=start_step)
+        log.info(
+            "Training %s on %s: %d steps of %d images on %d devices (%d processes)%s.",
+            config.model.name,
+            s.info.spec.name,
+            s.total_steps,
+            config.batch_size,
+            jax.device_count(),
+            jax.process_count(),
+            ", FSDP" if config.parallel.fsdp else "",
+        )
+        loop = _Loop(s, ckpts, writer, start_step)
+        start_time = time.perf_counter()
+        with _StopRequest() as stop:
+            state, step = _train(s, state, loop, stop)
+        result = loop.summary(step, time.perf_counter() - start_time)
+    finally:
+        ckpts.close()  # pending saves finish even when the run fails
     writer.close()
-    final["train/wall_seconds"] = time.perf_counter() - start_time
+    if stop.signal_name:
+        result["train/stopped_at_step"] = float(step)
+        return result
     if jax.process_index() == 0:
         # Imported here: plotting libraries load only at the very end.
         from jaxvision.evaluate import after_training
 
-        after_training(workdir, config, info, model, state)
-    return final
+        after_training(workdir, config, s.info, s.model, state)
+    return result

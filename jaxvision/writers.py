@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import sys
 import time
 
 import jax
@@ -67,11 +68,13 @@ class MetricWriter:
 
 
 class Progress:
-    """A console progress line: step, loss, lr, img/s and ETA."""
+    """Console progress from process 0: a bar with ETA on a terminal, log lines otherwise."""
 
-    def __init__(self, total_steps: int, start_step: int, batch_size: int):
+    def __init__(self, total_steps: int, start_step: int, batch_size: int, *, tty=None):
         self.total = total_steps
         self.batch_size = batch_size
+        self.enabled = jax.process_index() == 0
+        self.tty = sys.stderr.isatty() if tty is None else tty
         self._last_step = start_step
         self._last_time = time.perf_counter()
 
@@ -84,9 +87,34 @@ class Progress:
         return steps * self.batch_size / dt, dt / steps
 
     def line(self, step: int, scalars: dict[str, float], img_per_s: float) -> None:
-        """Logs one line for `step`."""
+        """Shows `step`: redraws the bar on a terminal, else logs one line."""
+        if not self.enabled:
+            return
         eta = (self.total - step) * self.batch_size / max(img_per_s, 1e-9)
         parts = [f"step {step}/{self.total}"]
         parts += [f"{k.split('/')[-1]} {v:.4g}" for k, v in scalars.items()]
         parts += [f"{img_per_s:.0f} img/s", f"ETA {_format_eta(eta)}"]
-        log.info(" | ".join(parts))
+        if self.tty:
+            done = int(30 * step / max(self.total, 1))
+            bar = "#" * done + "." * (30 - done)
+            end = "\n" if step >= self.total else ""
+            sys.stderr.write(f"\r[{bar}] " + " | ".join(parts) + "\033[K" + end)
+            sys.stderr.flush()
+        else:
+            log.info(" | ".join(parts))
+
+    def clear(self) -> None:
+        """Ends the bar's line so the next log line starts on its own."""
+        if self.enabled and self.tty:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def device_memory() -> dict[str, float]:
+    """Peak and current bytes in use on this process's first device, where reported."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    out = {}
+    for key, name in (("bytes_in_use", "memory_gb"), ("peak_bytes_in_use", "peak_memory_gb")):
+        if key in stats:
+            out[f"train/{name}"] = stats[key] / 1e9
+    return out
