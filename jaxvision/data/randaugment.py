@@ -149,11 +149,17 @@ def _with_rgb(image: tf.Tensor, fn) -> tf.Tensor:
     return x[..., :1] if gray else x
 
 
-def _apply_op(name: str, x: tf.Tensor, level: float, seed: tf.Tensor) -> tf.Tensor:
+def _apply_op(name: str, x: tf.Tensor, level: tf.Tensor | float, seed: tf.Tensor) -> tf.Tensor:
     sign = tf.where(tf.random.stateless_uniform([], seed) < 0.5, -1.0, 1.0)
-    out = _OPS[name](x, tf.constant(float(level)), sign)
+    out = _OPS[name](x, tf.cast(level, tf.float32), sign)
     out.set_shape(x.shape)
     return out
+
+
+def _apply_indexed(x: tf.Tensor, index: tf.Tensor, level: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Applies RANDAUGMENT_OPS[index]: one branch per op keeps the graph small."""
+    branches = [(lambda n=n: _apply_op(n, x, level, seed)) for n in RANDAUGMENT_OPS]
+    return tf.switch_case(index, branches)
 
 
 @register("randaugment")
@@ -170,11 +176,7 @@ def randaugment(num_layers: int = 2, magnitude: float = 10) -> Op:
         for s in split_seed(seed, num_layers):
             pick, sign_seed = split_seed(s, 2)
             index = tf.random.stateless_uniform([], pick, 0, len(RANDAUGMENT_OPS), tf.int32)
-            branches = [
-                (lambda n=n, x=x, s=sign_seed: _apply_op(n, x, magnitude, s))
-                for n in RANDAUGMENT_OPS
-            ]
-            x = tf.switch_case(index, branches)
+            x = _apply_indexed(x, index, tf.constant(float(magnitude)), sign_seed)
         return x
 
     return lambda image, seed: _with_rgb(image, lambda x: run(x, seed))
@@ -215,22 +217,23 @@ _POLICIES = {"v0": AUTOAUGMENT_V0, "imagenet": AUTOAUGMENT_V0}
 def autoaugment(policy: str = "v0") -> Op:
     """Applies one randomly chosen sub-policy of the learned ImageNet AutoAugment policy."""
     check(policy in _POLICIES, "autoaugment", f"policy must be one of {sorted(_POLICIES)}.")
-    subpolicies = _POLICIES[policy]
-
-    def subpolicy(x, steps, seed):
-        for (name, prob, level), s in zip(steps, split_seed(seed, len(steps))):
-            coin, sign_seed = split_seed(s, 2)
-            apply = tf.random.stateless_uniform([], coin) < prob
-            x = tf.cond(
-                apply,
-                lambda n=name, m=level, x=x, s=sign_seed: _apply_op(n, x, m, s),
-                lambda x=x: x,
-            )
-        return x
+    table = _POLICIES[policy]
+    # Sub-policies as tensors: picking one is a gather, not 25 traced copies of the ops.
+    ops = tf.constant([[RANDAUGMENT_OPS.index(n) for n, _, _ in sub] for sub in table], tf.int32)
+    probs = tf.constant([[p for _, p, _ in sub] for sub in table], tf.float32)
+    levels = tf.constant([[float(m) for _, _, m in sub] for sub in table], tf.float32)
 
     def run(x, seed):
         pick, rest = split_seed(seed, 2)
-        index = tf.random.stateless_uniform([], pick, 0, len(subpolicies), tf.int32)
-        return tf.switch_case(index, [(lambda p=p: subpolicy(x, p, rest)) for p in subpolicies])
+        row = tf.random.stateless_uniform([], pick, 0, len(table), tf.int32)
+        for step, s in enumerate(split_seed(rest, 2)):
+            coin, sign_seed = split_seed(s, 2)
+            apply = tf.random.stateless_uniform([], coin) < probs[row, step]
+            x = tf.cond(
+                apply,
+                lambda x=x, s=sign_seed, k=step: _apply_indexed(x, ops[row, k], levels[row, k], s),
+                lambda x=x: x,
+            )
+        return x
 
     return lambda image, seed: _with_rgb(image, lambda x: run(x, seed))
