@@ -73,6 +73,25 @@ def test_preset_through_the_real_pipeline_on_mock_data(name):
         assert low - 1e-5 <= ev.min() and ev.max() <= high + 1e-5
 
 
+@pytest.mark.parametrize("name", [n for n in catalog.names() if n not in _ONLINE])
+def test_offline_preset_through_the_real_pipeline_on_its_real_data(name):
+    preset = catalog.PRESETS[name]
+    config = _config(name)
+    info = data.prepare(config)
+    size, channels = preset.image_size, preset.channels
+    assert info.image_shape == (size, size, channels)
+    assert info.num_classes == len(info.class_names) == preset.num_classes
+    low, high = _bounds(info.spec.train_pp)
+    mesh = parallel.make_mesh()
+    batch = next(data.train_batches(config, info, mesh))
+    image, label = np.asarray(batch["image"]), np.asarray(batch["label"])
+    assert image.shape == (4, size, size, channels) and image.dtype == np.float32
+    assert low - 1e-5 <= image.min() and image.max() <= high + 1e-5
+    assert label.min() >= 0 and label.max() < preset.num_classes
+    first = next(iter(data.eval_batches(config, info, mesh)))
+    assert np.asarray(first["image"]).shape == (4, size, size, channels)
+
+
 def test_splits_hold_out_a_validation_slice_when_there_is_none():
     cifar = catalog.PRESETS["cifar10"]
     assert (cifar.train_split, cifar.eval_split, cifar.test_split) == (
