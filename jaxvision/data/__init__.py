@@ -36,8 +36,10 @@ __all__ = [
     "catalog",
     "class_counts",
     "eval_batches",
+    "format_class_counts",
     "prepare",
     "train_batches",
+    "train_stream",
 ]
 
 _FOREVER = 2**62
