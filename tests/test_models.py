@@ -255,7 +255,7 @@ def test_returned_features_shapes(overrides, tokens, pre_logits):
 
 @pytest.mark.parametrize("scan", [False, True])
 def test_train_mode_with_dropout_and_drop_path(scan):
-    model = _tiny_vit(dropout=0.1, attention_dropout=0.1, drop_path=0.3, scan=scan)
+    model = _tiny_vit(depth=2, dropout=0.1, attention_dropout=0.1, drop_path=0.3, scan=scan)
     x = _randn((4, 16, 16, 3), seed=1)
     params = _init(model, x)["params"]
     params["head"]["kernel"] = _randn(params["head"]["kernel"].shape, seed=2)
@@ -267,6 +267,17 @@ def test_train_mode_with_dropout_and_drop_path(scan):
     assert np.isfinite(np.asarray(train_a)).all()
     assert not np.allclose(train_a, eval_a)
     assert not np.allclose(train_a, train_b)
+
+
+def test_drop_path_rate_starts_at_zero_in_the_first_block():
+    # One block gets rate linspace(0, 0.9, 1)[0] == 0: training is then deterministic.
+    model = _tiny_vit(depth=1, drop_path=0.9)
+    x = _randn((4, 16, 16, 3), seed=1)
+    params = _init(model, x)["params"]
+    params["head"]["kernel"] = _randn(params["head"]["kernel"].shape, seed=2)
+    v = {"params": params}
+    train = _apply(model, v, x, train=True, rngs={"dropout": jax.random.key(3)})
+    np.testing.assert_allclose(train, _apply(model, v, x), rtol=1e-5, atol=1e-6)
 
 
 def test_drop_path_drops_whole_examples_and_keeps_the_mean():
@@ -361,7 +372,7 @@ def _train_losses(model: nn.Module, images: np.ndarray, labels: np.ndarray, lr: 
     variables = _init(model, x[:1])
     params, state = variables["params"], {k: v for k, v in variables.items() if k != "params"}
     tx = optax.adam(lr)
-    opt_state = tx.init(params)
+    opt_state = jax.jit(tx.init)(params)
 
     def loss_fn(params, state, key):
         logits, new_state = model.apply(
@@ -396,7 +407,7 @@ _LEARNERS = [
 
 @pytest.mark.parametrize(("name", "overrides", "size", "lr"), _LEARNERS)
 def test_model_learns_a_fixed_batch_of_shapes(name, overrides, size, lr):
-    images, labels = _shapes_batch(size=size)
+    images, labels = _shapes_batch(n=16, size=size)
     losses = _train_losses(models.create(name, num_classes=4, **overrides), images, labels, lr)
     assert np.isfinite(losses).all()
     assert np.mean(losses[-3:]) < 0.5 * losses[0], losses

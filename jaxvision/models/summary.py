@@ -28,8 +28,10 @@ class ModelSummary:
     modules: list[tuple[str, int]]  # (top-level module or param, parameter count)
 
 
-def build(name: str, *, num_classes: int, image_size: int | None = None, **overrides: Any):
-    """Creates `name`, passing `image_size` only to models that are built for a fixed size."""
+def build(
+    name: str, *, num_classes: int, image_size: int | None = None, **overrides: Any
+) -> tuple[nn.Module, int]:
+    """Creates `name` and its input size; only fixed-size models (ViT) take `image_size`."""
     model = create(name, num_classes=num_classes, **overrides)
     if image_size is not None and hasattr(model, "image_size"):
         model = create(name, num_classes=num_classes, image_size=image_size, **overrides)
