@@ -65,7 +65,7 @@ def measure(config, warmup: int, batches: int) -> dict:
         "image_shape": list(info.image_shape),
         "batch_size": int(batch["image"].shape[0]),
         "batches": batches,
-        "seconds": round(seconds, 3),
+        "seconds": round(seconds, 4),
         "pipeline_img_per_s": round(images / seconds, 1),
         "threads": config.dataset.threads or os.cpu_count(),
         "deterministic": bool(config.dataset.deterministic),
