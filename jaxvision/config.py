@@ -144,6 +144,10 @@ def shrink_for_smoke(config: ml_collections.ConfigDict) -> None:
     config.eval_batch_size = 64
     config.num_train_steps = 20
     config.schedule.warmup_steps = min(config.schedule.warmup_steps, 5)
+    # Epoch-based schedule parts would outlast a 20-step run.
+    config.schedule.warmup_epochs = 0.0
+    config.schedule.boundaries_epochs = ()
+    config.schedule.boundaries_steps = ()
     config.log_every_steps = 5
     config.eval_every_steps = 0
     config.checkpoint_every_steps = 10
