@@ -5,6 +5,7 @@ the processes find each other; elsewhere pass --coordinator_address, --num_proce
 --process_id (see docs/scaling.md).
 """
 
+import logging
 import sys
 
 from absl import app, flags
@@ -26,11 +27,15 @@ def main(argv: list[str]) -> None:
     """Hands the parsed config to `train.run`; bad input exits 2, divergence or damage 1."""
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    import jax
+
     from jaxvision import checkpoint, console, parallel, train
 
     console.setup()
     try:
         parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+        if jax.process_index() != 0:
+            console.log.setLevel(logging.WARNING)  # one copy of the progress lines
         result = train.run(_CONFIG.value, _WORKDIR.value)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

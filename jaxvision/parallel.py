@@ -92,25 +92,27 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def fsdp_sharding(shape: tuple[int, ...], mesh: Mesh, min_size: int) -> NamedSharding:
+def fsdp_spec(shape: tuple[int, ...], num_devices: int, min_size: int) -> PartitionSpec:
     """Splits the largest axis divisible by the device count over `data`; small or
     indivisible arrays stay replicated (their all-gather would cost more than it saves)."""
-    n = mesh.shape[DATA_AXIS]
-    if n == 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
-        return replicated(mesh)
+    if num_devices == 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
+        return PartitionSpec()
     for axis in sorted(range(len(shape)), key=lambda a: -shape[a]):
-        if shape[axis] % n == 0:
+        if shape[axis] % num_devices == 0:
             spec = [None] * len(shape)
             spec[axis] = DATA_AXIS
-            return NamedSharding(mesh, PartitionSpec(*spec))
-    return replicated(mesh)
+            return PartitionSpec(*spec)
+    return PartitionSpec()
 
 
 def state_shardings(abstract_state: Any, mesh: Mesh, *, fsdp: bool, min_size: int) -> Any:
     """Shardings for every leaf of the train state: replicated, or FSDP for large leaves."""
     if not fsdp:
         return jax.tree.map(lambda _: replicated(mesh), abstract_state)
-    return jax.tree.map(lambda x: fsdp_sharding(x.shape, mesh, min_size), abstract_state)
+    n = mesh.shape[DATA_AXIS]
+    return jax.tree.map(
+        lambda x: NamedSharding(mesh, fsdp_spec(x.shape, n, min_size)), abstract_state
+    )
 
 
 def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
