@@ -1,0 +1,373 @@
+"""How fast is a config on this machine: python -m jaxvision.benchmark --config=CONFIG.
+
+    python -m jaxvision.benchmark --config=configs/resnet18_cifar10.py --config.batch_size=128
+    python -m jaxvision.benchmark --config=benchmarks/peer_configs.py:vit_ti4_cifar
+
+prints one JSON line per measurement, then a `summary` line with every headline field:
+- `matmul_peak`: a large jitted matmul in float32 and bfloat16 (GFLOP/s), the roofline
+  that `mfu` is measured against;
+- `compile`: seconds to trace+lower and to compile the train step, and the step's
+  FLOPs per image from XLA's cost analysis;
+- `train`: the train step (the same jitted `steps.train_step`, shardings and buffer
+  donation as `jaxvision.main`) on random images: `step_ms`, `train_img_per_s`, `mfu`;
+- `infer`: the eval forward pass, `infer_img_per_s`;
+- `memory`: XLA's buffer sizes for the train step and this process's peak RSS;
+- `pipeline` (with --what=...,pipeline): the config's real input pipeline alone.
+
+Every timed figure is the median over `--steps` timed runs after `--warmup` untimed ones,
+with min and max as the spread. Inputs are random normal images and random labels, a
+different batch each step: constant inputs hit fast paths real data never takes.
+"""
+
+import json
+import os
+import resource
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file.", lock_config=True
+)
+_WHAT = flags.DEFINE_list(
+    "what", "peak,train,infer", "Measurements: peak, compile, train, infer, pipeline."
+)
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
+_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps; medians are over these.")
+_PEAK_SIZE = flags.DEFINE_integer("peak_size", 2048, "Side of the square peak matmul.")
+_LABEL = flags.DEFINE_string("label", "", "Free text copied into every line (e.g. a variant).")
+flags.mark_flags_as_required(["config"])
+
+MEASUREMENTS = ("peak", "compile", "train", "infer", "pipeline")
+# Fields the summary line always has (None when the measurement was not asked for).
+SUMMARY_FIELDS = (
+    "train_img_per_s",
+    "infer_img_per_s",
+    "step_ms",
+    "infer_ms",
+    "gflops_per_img",
+    "mfu",
+    "peak_gflops_fp32",
+    "peak_gflops_bf16",
+    "trace_s",
+    "compile_s",
+    "peak_rss_gb",
+    "pipeline_img_per_s",
+)
+
+
+def spread(seconds: list[float]) -> dict[str, float]:
+    """Median, mean, min and max of a list of timings, in milliseconds."""
+    ms = [s * 1e3 for s in seconds]
+    return {
+        "median_ms": round(statistics.median(ms), 3),
+        "mean_ms": round(statistics.fmean(ms), 3),
+        "min_ms": round(min(ms), 3),
+        "max_ms": round(max(ms), 3),
+        "n": len(ms),
+    }
+
+
+def time_calls(fn: Callable[[int], Any], warmup: int, steps: int) -> list[float]:
+    """Seconds of each of `steps` calls `fn(i)` (after `warmup` calls), each run to completion."""
+    import jax
+
+    for i in range(warmup):
+        jax.block_until_ready(fn(i))
+    out = []
+    for i in range(warmup, warmup + steps):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(i))
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def matmul_peak(dtype: str, size: int, warmup: int = 2, steps: int = 5) -> dict:
+    """GFLOP/s of a jitted [size, size] x [size, size] matmul in `dtype` on random inputs."""
+    import jax
+    import jax.numpy as jnp
+
+    ka, kb = jax.random.split(jax.random.PRNGKey(0))
+    a = jax.random.normal(ka, (size, size), jnp.float32).astype(dtype)
+    b = jax.random.normal(kb, (size, size), jnp.float32).astype(dtype)
+    matmul = jax.jit(jnp.matmul)
+    seconds = time_calls(lambda i: matmul(a, b), warmup, steps)
+    flops = 2.0 * size**3
+    return {
+        "measurement": "matmul_peak",
+        "dtype": dtype,
+        "size": size,
+        "gflops": round(flops / statistics.median(seconds) / 1e9, 2),
+        "gflops_best": round(flops / min(seconds) / 1e9, 2),
+        **spread(seconds),
+    }
+
+
+def _model_and_shape(config) -> tuple[Any, tuple[int, int, int], int]:
+    """The config's model and input shape, without reading or preparing the dataset."""
+    from jaxvision import train
+    from jaxvision.data import catalog
+
+    spec = catalog.resolve(config.dataset)
+    preset = catalog.PRESETS.get(config.dataset.name)
+    channels = preset.channels if preset else 3
+    num_classes = spec.num_classes or 10  # image folders: the count only changes the head
+    model = train.create_model(config, num_classes)
+    return model, (spec.image_size, spec.image_size, channels), num_classes
+
+
+def _random_batches(shape, num_classes: int, batch_size: int, sharding, count: int = 2) -> list:
+    """`count` different batches of random normal images and random labels, on the devices."""
+    import jax
+    import jax.numpy as jnp
+
+    batches = []
+    for key in jax.random.split(jax.random.PRNGKey(1), count):
+        ki, kl = jax.random.split(key)
+        batch = {
+            "image": jax.random.normal(ki, (batch_size, *shape), jnp.float32),
+            "label": jax.random.randint(kl, (batch_size,), 0, num_classes, jnp.int32),
+        }
+        batches.append(jax.device_put(batch, sharding))
+    return batches
+
+
+def _flops(compiled) -> float:
+    """FLOPs of one call of a compiled executable from XLA's cost analysis (0 if unknown)."""
+    cost = compiled.cost_analysis()
+    if isinstance(cost, list | tuple):  # older JAX: one dict per device program
+        cost = cost[0] if cost else {}
+    return float((cost or {}).get("flops", 0.0))
+
+
+class Bench:
+    """The train and eval steps of one config, built exactly as `jaxvision.train` builds them."""
+
+    def __init__(self, config):
+        import functools
+
+        import jax
+
+        from jaxvision import optim, parallel, steps
+
+        self.config = config
+        self.model, self.shape, num_classes = _model_and_shape(config)
+        # The schedule's values do not change the step's cost; a long nominal run keeps any
+        # warmup (in steps or epochs) valid without knowing the dataset's size.
+        total, per_epoch = 1_000_000, 1_000.0
+        tx = optim.build(config, total, steps_per_epoch=per_epoch)
+        lr_fn = optim.learning_rate_schedule(config, total, steps_per_epoch=per_epoch)
+        mesh = parallel.make_mesh()
+        init = functools.partial(steps.init_state, self.model, tx, config.seed, self.shape)
+        state_sharding = parallel.state_shardings(
+            jax.eval_shape(init),
+            mesh,
+            fsdp=config.parallel.fsdp,
+            min_size=config.parallel.fsdp_min_size,
+        )
+        batch_sharding, replicated = parallel.batch_sharding(mesh), parallel.replicated(mesh)
+        options = steps.StepOptions.from_config(config)
+        self.train_fn = jax.jit(
+            functools.partial(
+                steps.train_step, model=self.model, tx=tx, learning_rate_fn=lr_fn, options=options
+            ),
+            in_shardings=(state_sharding, batch_sharding),
+            out_shardings=(state_sharding, replicated),
+            donate_argnums=0,
+        )
+
+        def forward(state, images):
+            variables = {"params": state.params}
+            if state.batch_stats:
+                variables["batch_stats"] = state.batch_stats
+            return self.model.apply(variables, images, train=False)
+
+        self.infer_fn = jax.jit(forward, in_shardings=(state_sharding, batch_sharding))
+        self.state = jax.jit(init, out_shardings=state_sharding)()
+        self.batches = _random_batches(self.shape, num_classes, config.batch_size, batch_sharding)
+        eval_size = config.eval_batch_size or config.batch_size
+        self.eval_images = [
+            b["image"] for b in _random_batches(self.shape, num_classes, eval_size, batch_sharding)
+        ]
+        self.compiled_train = None
+
+    def compile(self) -> dict:
+        """Traces, lowers and compiles the train step; FLOPs per image and XLA's memory plan."""
+        start = time.perf_counter()
+        lowered = self.train_fn.lower(self.state, self.batches[0])
+        traced = time.perf_counter()
+        self.compiled_train = lowered.compile()
+        done = time.perf_counter()
+        flops = _flops(self.compiled_train)
+        record = {
+            "measurement": "compile",
+            "trace_s": round(traced - start, 3),
+            "compile_s": round(done - traced, 3),
+            "gflops_per_step": round(flops / 1e9, 3),
+            "gflops_per_img": round(flops / 1e9 / self.config.batch_size, 4),
+        }
+        return record
+
+    def memory(self) -> dict:
+        """XLA's buffer plan of the compiled train step and the process's peak resident memory."""
+        import jax
+
+        record: dict[str, Any] = {"measurement": "memory"}
+        analysis = self.compiled_train.memory_analysis() if self.compiled_train else None
+        for field in ("argument", "output", "temp", "alias", "generated_code"):
+            value = getattr(analysis, f"{field}_size_in_bytes", None)
+            record[f"{field}_gb"] = None if value is None else round(value / 1e9, 4)
+        stats = jax.local_devices()[0].memory_stats() or {}
+        peak = stats.get("peak_bytes_in_use")
+        record["device_peak_gb"] = None if peak is None else round(peak / 1e9, 4)
+        # ru_maxrss is in KiB on Linux.
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        record["peak_rss_gb"] = round(rss / 1e9, 3)
+        return record
+
+    def train(self, warmup: int, steps: int) -> dict:
+        """Times the train step; the state is donated and carried from step to step."""
+        if self.compiled_train is None:
+            self.compile()
+
+        def step(i: int):
+            self.state, metrics = self.compiled_train(
+                self.state, self.batches[i % len(self.batches)]
+            )
+            return metrics
+
+        seconds = time_calls(step, warmup, steps)
+        median = statistics.median(seconds)
+        return {
+            "measurement": "train",
+            "step_ms": round(median * 1e3, 3),
+            "train_img_per_s": round(self.config.batch_size / median, 2),
+            **spread(seconds),
+        }
+
+    def infer(self, warmup: int, steps: int) -> dict:
+        """Times the eval-mode forward pass on random images."""
+        images = self.eval_images
+        seconds = time_calls(
+            lambda i: self.infer_fn(self.state, images[i % len(images)]), warmup, steps
+        )
+        median = statistics.median(seconds)
+        return {
+            "measurement": "infer",
+            "infer_ms": round(median * 1e3, 3),
+            "infer_img_per_s": round(images[0].shape[0] / median, 2),
+            **spread(seconds),
+        }
+
+
+def pipeline(config, warmup: int, batches: int) -> dict:
+    """Images per second of the config's training input stream alone (no device transfer).
+
+    The same measurement as `python -m jaxvision.data.benchmark`, which cannot be imported
+    here because both command lines define a --config flag.
+    """
+    from jaxvision import data
+
+    info = data.prepare(config)
+    stream = data.train_stream(config, info).as_numpy_iterator()
+    for _ in range(warmup):
+        next(stream)
+    start = time.perf_counter()
+    for _ in range(batches):
+        images = next(stream)["image"]
+    seconds = time.perf_counter() - start
+    return {
+        "measurement": "pipeline",
+        "dataset": info.spec.name,
+        "train_pp": info.spec.train_pp,
+        "batches": batches,
+        "pipeline_img_per_s": round(batches * images.shape[0] / seconds, 1),
+    }
+
+
+def _context(config) -> dict:
+    """What every line carries: which model, batch, precision, devices and XLA flags."""
+    import jax
+
+    return {
+        "model": config.model.name,
+        "batch_size": config.batch_size,
+        "compute_dtype": config.compute_dtype,
+        "devices": jax.device_count(),
+        "platform": jax.devices()[0].platform,
+        "jax": jax.__version__,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
+
+
+def _measure(config, what: list[str], warmup: int, steps: int, peak_size: int) -> Iterator[dict]:
+    """Each requested measurement's record, as soon as it is taken."""
+    if "peak" in what:
+        for dtype in ("float32", "bfloat16"):
+            yield matmul_peak(dtype, peak_size)
+    if {"compile", "train", "infer"} & set(what):
+        bench = Bench(config)
+        if {"compile", "train"} & set(what):
+            yield bench.compile()
+        if "train" in what:
+            yield bench.train(warmup, steps)
+        if "infer" in what:
+            yield bench.infer(warmup, steps)
+        if {"compile", "train"} & set(what):
+            yield bench.memory()
+    if "pipeline" in what:
+        yield pipeline(config, warmup=max(warmup, 1), batches=max(steps, 5))
+
+
+def run(
+    config, what: list[str], *, warmup: int = 2, steps: int = 5, peak_size: int = 2048
+) -> Iterator[dict]:
+    """Yields the requested measurements of `config` in order, then the summary record."""
+    unknown = sorted(set(what) - set(MEASUREMENTS))
+    if unknown:
+        raise ValueError(f"Unknown --what {unknown}; choose from {', '.join(MEASUREMENTS)}.")
+    if steps < 1 or warmup < 0:
+        raise ValueError(f"Need --steps >= 1 and --warmup >= 0, got {steps} and {warmup}.")
+    context = _context(config)
+    summary: dict[str, Any] = dict.fromkeys(SUMMARY_FIELDS)
+    for rec in _measure(config, what, warmup, steps, peak_size):
+        if rec["measurement"] == "matmul_peak":
+            summary[f"peak_gflops_{'fp32' if rec['dtype'] == 'float32' else 'bf16'}"] = rec[
+                "gflops"
+            ]
+        summary.update({k: v for k, v in rec.items() if k in SUMMARY_FIELDS})
+        yield {**rec, **context}
+    peak = summary["peak_gflops_bf16" if config.compute_dtype == "bfloat16" else "peak_gflops_fp32"]
+    if summary["train_img_per_s"] and summary["gflops_per_img"] and peak:
+        # Achieved FLOP/s (XLA's count for the whole step) over the measured matmul peak.
+        achieved = summary["gflops_per_img"] * summary["train_img_per_s"]
+        summary["mfu"] = round(achieved / peak, 4)
+    yield {"measurement": "summary", **summary, **context}
+
+
+def main(argv: list[str]) -> None:
+    """Prints one JSON line per measurement, then the summary line."""
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    from jaxvision import console
+
+    console.setup()
+    records = run(
+        _CONFIG.value,
+        _WHAT.value,
+        warmup=_WARMUP.value,
+        steps=_STEPS.value,
+        peak_size=_PEAK_SIZE.value,
+    )
+    for rec in records:
+        if _LABEL.value:
+            rec["label"] = _LABEL.value
+        print(json.dumps(rec), flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,95 @@
+"""python -m jaxvision.benchmark: every measurement runs and prints every field (no timings)."""
+
+import json
+import os
+import sys
+
+import pytest
+
+from jaxvision import benchmark
+from tests.conftest import REPO, run_cli
+
+
+def test_command_line_prints_every_measurement_and_field():
+    result = run_cli(
+        [
+            "-m", "jaxvision.benchmark", "--config=configs/quickstart.py:smoke",
+            "--config.dataset.name=digits", "--config.batch_size=16",
+            "--what=peak,compile,train,infer,pipeline", "--steps=2", "--warmup=1",
+            "--peak_size=64", "--label=test",
+        ]
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    kinds = [r["measurement"] for r in records]
+    assert kinds == [
+        "matmul_peak", "matmul_peak", "compile", "train", "infer", "memory", "pipeline", "summary"
+    ]  # fmt: skip
+    assert [r["dtype"] for r in records[:2]] == ["float32", "bfloat16"]
+    for rec in records:
+        assert rec["label"] == "test" and rec["model"] == "cnn" and rec["batch_size"] == 16
+        assert rec["platform"] == "cpu" and "xla_flags" in rec
+    for rec in records[:2] + records[3:5]:
+        assert {"median_ms", "mean_ms", "min_ms", "max_ms", "n"} <= set(rec)
+        assert rec["min_ms"] <= rec["median_ms"] <= rec["max_ms"]
+    assert records[3]["n"] == 2
+    summary = records[-1]
+    missing = [k for k in benchmark.SUMMARY_FIELDS if summary.get(k) is None]
+    assert not missing, f"summary fields without a value: {missing}"
+    assert summary["gflops_per_img"] > 0 and summary["mfu"] > 0
+    memory = records[5]
+    assert memory["temp_gb"] is not None and memory["peak_rss_gb"] > 0
+
+
+def _tiny_vit_config(scan: bool):
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    try:
+        import peer_configs
+    finally:
+        sys.path.pop(0)
+    config = peer_configs.get_config("vit_ti4_cifar")
+    config.unlock()
+    config.model.update(depth=2, hidden_size=32, num_heads=2, mlp_dim=64, scan=scan)
+    config.batch_size = 4
+    return config
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_peer_vit_config_runs_unrolled_and_scanned(scan):
+    records = list(
+        benchmark.run(_tiny_vit_config(scan), ["compile", "train", "infer"], warmup=0, steps=1)
+    )
+    summary = records[-1]
+    assert summary["measurement"] == "summary" and summary["model"] == "vit_ti4"
+    assert summary["train_img_per_s"] > 0 and summary["infer_img_per_s"] > 0
+    # No peak was measured, so there is nothing to compute MFU against.
+    assert summary["mfu"] is None and summary["peak_gflops_fp32"] is None
+
+
+def test_unknown_measurement_is_an_error():
+    with pytest.raises(ValueError, match="Unknown --what"):
+        list(benchmark.run(_tiny_vit_config(False), ["train", "tarin"]))
+
+
+def test_compare_table_reads_both_sides():
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    try:
+        import compare_table
+    finally:
+        sys.path.pop(0)
+    lines = [
+        '{"measurement": "machine", "cpu": "x", "cores": 2, "load_1min": 0.5, "when": "t"}',
+        '{"rep": 1, "bench": "m", "measurement": "train", "mean_ms": 1000.0, "batch_size": 10}',
+        '{"rep": 1, "bench": "m", "measurement": "infer", "mean_ms": 100.0, "batch_size": 10}',
+        '{"rep": 1, "bench": "m", "measurement": "summary", "mfu": 0.5, "batch_size": 10}',
+        '{"rep": 1, "bench": "m", "peer": "pytorch-eager", "train_img_per_s": 5.0,'
+        ' "infer_img_per_s": 200.0}',
+    ]
+    values, machines = compare_table.collect(lines)
+    assert len(machines) == 1
+    rows = compare_table.table(values)
+    assert any("| m | train | 10.0 [10.0-10.0] | 5.0 [5.0-5.0] | 2.00x | 1 |" in r for r in rows)
+    assert any(
+        "| m | infer | 100.0 [100.0-100.0] | 200.0 [200.0-200.0] | 0.50x |" in r for r in rows
+    )
+    assert any("50.0%" in r for r in rows)
