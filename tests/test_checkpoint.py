@@ -217,3 +217,36 @@ def test_sigkill_during_a_save_resumes_from_the_previous_checkpoint(tmp_path, ca
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         logged = [json.loads(line)["step"] for line in f if "train/loss" in line]
     assert logged == sorted(set(logged)) and logged[-1] == 30
+
+
+def test_divergence_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
+    smoke_config, tmp_path
+):
+    # The learning rate jumps by 1e30 at step 12: the weights blow up right after.
+    smoke_config.optimizer.name = "sgd"
+    smoke_config.optimizer.learning_rate = 0.01
+    smoke_config.schedule.name = "step"
+    smoke_config.schedule.boundaries_steps = (12,)
+    smoke_config.schedule.decay_factor = 1e30
+    workdir = str(tmp_path / "run")
+    with pytest.raises(train.DivergedError, match=r"at step 1[2-5]: train/(loss|grad_norm) ="):
+        train.run(smoke_config, workdir)
+    ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"))
+    assert ckpts.all_steps() == [10]
+    ckpts.close()
+
+
+def test_ema_is_evaluated_checkpointed_and_found_by_the_workdir_loader(smoke_config, tmp_path):
+    from jaxvision import workdir as workdir_lib
+
+    smoke_config.optimizer.ema_decay = 0.9
+    workdir = str(tmp_path / "run")
+    result = train.run(smoke_config, workdir)
+    assert 0 <= result["eval_ema/accuracy"] <= 1 and "eval/accuracy" in result
+    run = workdir_lib.load(workdir, ema=True)
+    plain = workdir_lib.load(workdir)
+    ema, raw = (
+        run.variables["params"]["head"]["kernel"],
+        plain.variables["params"]["head"]["kernel"],
+    )
+    assert ema.shape == raw.shape and not np.allclose(ema, raw)
