@@ -64,29 +64,7 @@ def base() -> ml_collections.ConfigDict:
     c.parallel.fsdp = False  # shard large parameters and optimizer state along `data`
     c.parallel.fsdp_min_size = 2**16  # parameters with fewer elements stay replicated
 
-    c.optimizer = ml_collections.ConfigDict()
-    c.optimizer.name = "adamw"
-    c.optimizer.learning_rate = 1e-3  # peak learning rate
-    c.optimizer.momentum = 0.9  # sgd
-    c.optimizer.nesterov = False  # sgd
-    c.optimizer.b1 = 0.9  # adamw
-    c.optimizer.b2 = 0.999  # adamw
-    c.optimizer.weight_decay = 0.0
-    c.optimizer.grad_clip_norm = 0.0  # 0 = no clipping
-    c.optimizer.weight_decay_mask = r"(^|/)kernel$"  # regex on "/"-joined parameter paths
-    c.optimizer.freeze = ""  # regex: matching parameters are not trained ("" = none)
-    c.optimizer.lr_multipliers = ()  # ((regex, multiplier), ...): first match wins
-    c.optimizer.ema_decay = 0.0  # > 0: keep, evaluate and checkpoint an EMA of the weights
-
-    c.schedule = ml_collections.ConfigDict()
-    c.schedule.name = "cosine"  # linear warmup, then cosine decay to end_factor * peak
-    c.schedule.warmup_steps = 0
-    c.schedule.warmup_epochs = 0.0  # alternative to warmup_steps
-    c.schedule.end_factor = 0.0  # cosine, linear: final lr = end_factor * peak
-    c.schedule.timescale_steps = 10_000  # rsqrt: lr = peak / sqrt(1 + t / timescale)
-    c.schedule.boundaries_steps = ()  # step: multiply lr by decay_factor at these steps
-    c.schedule.boundaries_epochs = ()  # step: ... or at these epochs
-    c.schedule.decay_factor = 0.1  # step
+    c.optimizer, c.schedule = _optimizer_section(), _schedule_section()
 
     c.log_every_steps = 50
     c.eval_every_steps = 500  # also at the end; 0 = only at the end
@@ -95,6 +73,38 @@ def base() -> ml_collections.ConfigDict:
     c.on_nonfinite = "stop"  # NaN/Inf loss or gradient: "stop" the run or "skip" the step
     c.force_resume = False  # resume even if the model or data config changed
     return c
+
+
+def _optimizer_section() -> ml_collections.ConfigDict:
+    """The `optimizer` section of `base()`."""
+    o = ml_collections.ConfigDict()
+    o.name = "adamw"
+    o.learning_rate = 1e-3  # peak learning rate
+    o.momentum = 0.9  # sgd
+    o.nesterov = False  # sgd
+    o.b1 = 0.9  # adamw, lamb, lion
+    o.b2 = 0.999  # adamw, lamb, lion (lion's usual value is 0.99)
+    o.weight_decay = 0.0
+    o.grad_clip_norm = 0.0  # 0 = no clipping
+    o.weight_decay_mask = r"(^|/)kernel$"  # regex on "/"-joined parameter paths
+    o.freeze = ""  # regex: matching parameters are not trained ("" = none)
+    o.lr_multipliers = ()  # ((regex, multiplier), ...): first match wins
+    o.ema_decay = 0.0  # > 0: keep, evaluate and checkpoint an EMA of the weights
+    return o
+
+
+def _schedule_section() -> ml_collections.ConfigDict:
+    """The `schedule` section of `base()`."""
+    s = ml_collections.ConfigDict()
+    s.name = "cosine"  # linear warmup, then cosine decay to end_factor * peak
+    s.warmup_steps = 0
+    s.warmup_epochs = 0.0  # alternative to warmup_steps
+    s.end_factor = 0.0  # cosine, linear: final lr = end_factor * peak
+    s.timescale_steps = 10_000  # rsqrt: lr = peak / sqrt(1 + t / timescale)
+    s.boundaries_steps = ()  # step: multiply lr by decay_factor at these steps
+    s.boundaries_epochs = ()  # step: ... or at these epochs
+    s.decay_factor = 0.1  # step
+    return s
 
 
 def model(name: str, **overrides: object) -> ml_collections.ConfigDict:

@@ -109,7 +109,7 @@ class _Setup:
     model: nn.Module
     total_steps: int
     mesh: Any
-    state_sharding: Any
+    abstract_state: Any  # shapes, dtypes and shardings: what a restore reads into
     init_fn: Any
     train_fn: Any
     eval_fns: dict[str, Any]  # metric prefix -> jitted eval step
@@ -124,8 +124,9 @@ def _build(config: ml_collections.ConfigDict) -> _Setup:
     lr_fn = optim.learning_rate_schedule(config, total_steps, steps_per_epoch=spe)
     mesh = parallel.make_mesh()
     init = functools.partial(steps.init_state, model, tx, config.seed, info.image_shape)
+    abstract = jax.eval_shape(init)
     state_sharding = parallel.state_shardings(
-        jax.eval_shape(init),
+        abstract,
         mesh,
         fsdp=config.parallel.fsdp,
         min_size=config.parallel.fsdp_min_size,
@@ -150,16 +151,16 @@ def _build(config: ml_collections.ConfigDict) -> _Setup:
             out_shardings=replicated,
         )
     init_fn = jax.jit(init, out_shardings=state_sharding)
-    return _Setup(
-        config, info, model, total_steps, mesh, state_sharding, init_fn, train_fn, eval_fns
+    like = jax.tree.map(
+        lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), abstract, state_sharding
     )
+    return _Setup(config, info, model, total_steps, mesh, like, init_fn, train_fn, eval_fns)
 
 
 def _restore_or_init(
     s: _Setup, ckpts: checkpoint.Checkpoints, workdir: str
 ) -> tuple[steps.TrainState, int]:
     """The latest intact checkpoint if the config still fits it, else a fresh state."""
-    state = s.init_fn()
     latest = ckpts.latest_step()
     if latest is not None:
         try:
@@ -175,9 +176,9 @@ def _restore_or_init(
             )
         if diffs:
             log.warning("Resuming despite config changes: %s", "; ".join(diffs))
-    restored = ckpts.restore_latest(state)
+    restored = ckpts.restore_latest(s.abstract_state)
     if restored is None:
-        return state, 0
+        return s.init_fn(), 0
     state, _, step = restored
     log.info("Resumed from %s at step %d.", ckpts.directory, step)
     return state, step
@@ -266,7 +267,7 @@ class _Loop:
         self.progress.line(step, {k: scalars[k] for k in shown}, img_per_s)
 
     def evaluate(self, state, step: int, eval_data) -> None:
-        self.progress.clear() if self.progress.tty else None
+        self.progress.clear()
         for prefix, eval_fn in self.s.eval_fns.items():
             result = evaluate(eval_fn, state, eval_data, prefix)
             self.writer.write(step, result)
