@@ -190,6 +190,7 @@ app.run(main.main)
 """
 
 
+@pytest.mark.slow  # ~1-2 min: a CLI run to step 20, then a resumed run to 30
 def test_sigkill_during_a_save_resumes_from_the_previous_checkpoint(tmp_path, caplog):
     workdir = str(tmp_path / "run")
     proc = _cli(workdir, "--config.num_train_steps=30", script=_HANG_AT_20)
