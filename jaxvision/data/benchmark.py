@@ -18,13 +18,6 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
-_WARMUP = flags.DEFINE_integer("warmup", 5, "Batches before timing starts (fills buffers).")
-_BATCHES = flags.DEFINE_integer("batches", 50, "Timed batches.")
-_WRITE_JPEGS = flags.DEFINE_string("write_jpegs", "", "Write synthetic JPEGs here first.")
-_NUM_JPEGS = flags.DEFINE_integer("num_jpegs", 512, "How many JPEGs --write_jpegs writes.")
-flags.mark_flags_as_required(["config"])
-
 
 def write_jpegs(root: str, num: int, num_classes: int = 4, size=(375, 500), seed: int = 0) -> None:
     """Writes `num` photo-sized JPEGs (smooth colour fields plus noise) into root/train/<class>/."""
@@ -72,17 +65,29 @@ def measure(config, warmup: int, batches: int) -> dict:
     }
 
 
-def main(argv: list[str]) -> None:
+def main() -> None:
     """Prints the pipeline's img/s as one JSON line."""
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    from jaxvision import console
+    # Flags are defined here, not at import, so importing this module next to other
+    # absl programs (tests, `jaxvision.benchmark`) never defines `--config` twice.
+    config = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+    warmup = flags.DEFINE_integer("warmup", 5, "Batches before timing starts (fills buffers).")
+    batches = flags.DEFINE_integer("batches", 50, "Timed batches.")
+    jpeg_dir = flags.DEFINE_string("write_jpegs", "", "Write synthetic JPEGs here first.")
+    num_jpegs = flags.DEFINE_integer("num_jpegs", 512, "How many JPEGs --write_jpegs writes.")
+    flags.mark_flags_as_required(["config"])
 
-    console.setup()
-    if _WRITE_JPEGS.value:
-        write_jpegs(_WRITE_JPEGS.value, _NUM_JPEGS.value)
-    print(json.dumps(measure(_CONFIG.value, _WARMUP.value, _BATCHES.value)), flush=True)
+    def run(argv: list[str]) -> None:
+        if len(argv) > 1:
+            raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+        from jaxvision import console
+
+        console.setup()
+        if jpeg_dir.value:
+            write_jpegs(jpeg_dir.value, num_jpegs.value)
+        print(json.dumps(measure(config.value, warmup.value, batches.value)), flush=True)
+
+    app.run(run)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    main()
