@@ -36,11 +36,14 @@ def test_smoke_run_writes_the_workdir_contract(smoke_config, tmp_path):
     workdir = str(tmp_path / "run")
     result = train.run(smoke_config, workdir)
     assert result["eval/num_examples"] == 1000
+    # The contract's four entries, plus the end-of-training report (evaluate.after_training).
     assert sorted(os.listdir(workdir)) == [
         "checkpoints",
         "config.json",
+        "eval",
         "metrics.jsonl",
         "tensorboard",
+        "training_curves.png",
     ]
     records = _metrics(workdir)
     assert all("step" in r for r in records)
