@@ -16,6 +16,7 @@ import threading
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 from jaxvision.console import log
 from jaxvision.steps import TrainState
@@ -27,53 +28,57 @@ class CheckpointError(RuntimeError):
     """No usable checkpoint: the message lists what is wrong and what to do."""
 
 
-def _sha256(path: str) -> str:
+# File access goes through epath so that gs:// (and other remote) workdirs work too.
+
+
+def _sha256(path: epath.Path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
 
 
-def _files(step_dir: str) -> dict[str, str]:
-    """Relative path -> absolute path of every file of a step, except the manifest."""
+def _files(step_dir: str) -> dict[str, epath.Path]:
+    """Relative path -> path of every file of a step, except the manifest."""
+    root = epath.Path(step_dir)
     found = {}
-    for root, _, names in os.walk(step_dir):
+    for directory, _, names in root.walk():
         for name in names:
-            full = os.path.join(root, name)
-            rel = os.path.relpath(full, step_dir)
-            if rel != MANIFEST:
-                found[rel] = full
+            path = epath.Path(directory) / name
+            rel = str(path.relative_to(root))
+            if rel not in (MANIFEST, MANIFEST + ".tmp"):
+                found[rel] = path
     return found
 
 
+def _size(path: epath.Path) -> int:
+    return int(path.stat().length)
+
+
 def write_manifest(step_dir: str) -> None:
-    """Records size and SHA-256 of every file of a finalised step (atomically)."""
+    """Records size and SHA-256 of every file of a finalised step, then publishes it."""
     entries = {
-        rel: {"bytes": os.path.getsize(p), "sha256": _sha256(p)}
+        rel: {"bytes": _size(p), "sha256": _sha256(p)}
         for rel, p in sorted(_files(step_dir).items())
     }
-    tmp = os.path.join(step_dir, MANIFEST + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump({"files": entries}, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, os.path.join(step_dir, MANIFEST))
+    tmp = epath.Path(step_dir) / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps({"files": entries}, indent=1))
+    tmp.replace(epath.Path(step_dir) / MANIFEST)  # readers never see a partial manifest
 
 
 def verify(step_dir: str) -> list[str]:
     """What differs between a step's files and its manifest (empty when intact)."""
-    path = os.path.join(step_dir, MANIFEST)
+    path = epath.Path(step_dir) / MANIFEST
     try:
-        with open(path) as f:
-            expected = json.load(f)["files"]
+        expected = json.loads(path.read_text())["files"]
     except (OSError, ValueError, KeyError) as e:
         return [f"{path} is missing or unreadable ({e})"]
     actual = _files(step_dir)
     problems = [f"missing file {rel}" for rel in sorted(set(expected) - set(actual))]
     problems += [f"unexpected file {rel}" for rel in sorted(set(actual) - set(expected))]
     for rel in sorted(set(expected) & set(actual)):
-        size = os.path.getsize(actual[rel])
+        size = _size(actual[rel])
         if size != expected[rel]["bytes"]:
             problems.append(f"{rel}: {size} bytes, expected {expected[rel]['bytes']}")
         elif _sha256(actual[rel]) != expected[rel]["sha256"]:
@@ -107,7 +112,7 @@ class Checkpoints:
     """The run's `checkpoints/` directory: save, verify, restore and list finalised steps."""
 
     def __init__(self, directory: str, *, keep: int = 3):
-        self.directory = os.path.abspath(directory)
+        self.directory = directory if "://" in directory else os.path.abspath(directory)
         options = ocp.CheckpointManagerOptions(
             preservation_policy=ocp.checkpoint_managers.LatestN(keep),
             create=True,
@@ -121,14 +126,14 @@ class Checkpoints:
 
     def step_dir(self, step: int) -> str:
         """The directory of one step."""
-        return os.path.join(self.directory, str(step))
+        return str(epath.Path(self.directory) / str(step))
 
     def all_steps(self) -> list[int]:
         """Every finalised step that has its manifest, oldest first."""
         return sorted(
             s
             for s in self._manager.all_steps()
-            if os.path.exists(os.path.join(self.step_dir(s), MANIFEST))
+            if (epath.Path(self.step_dir(s)) / MANIFEST).exists()
         )
 
     def latest_step(self) -> int | None:
@@ -153,7 +158,7 @@ class Checkpoints:
     def _write_manifest(self, step: int) -> None:
         try:
             self._manager.wait_until_finished()
-            if os.path.isdir(self.step_dir(step)):
+            if epath.Path(self.step_dir(step)).is_dir():
                 write_manifest(self.step_dir(step))
         except Exception as e:  # a failed save: the step simply never counts
             log.warning("Checkpoint step %d was not finalised: %s", step, e)

@@ -32,7 +32,7 @@ def _state(value: float, rows: int = 4) -> steps.TrainState:
 def _corrupt(step_dir: str) -> None:
     """Flips one byte in the middle of the largest array file of a step."""
     files = checkpoint._files(os.path.join(step_dir, "state"))
-    path = max(files.values(), key=os.path.getsize)
+    path = str(max(files.values(), key=lambda p: os.path.getsize(p)))
     with open(path, "r+b") as f:
         f.seek(os.path.getsize(path) // 2)
         byte = f.read(1)
