@@ -18,6 +18,12 @@ from conftest import REPO
 from jaxvision import checkpoint, data, optim, steps, train
 
 
+@pytest.fixture(autouse=True)
+def _jaxvision_log_reaches_caplog(monkeypatch):
+    # console.setup() (run in-process by other CLIs' tests) stops propagation to the root.
+    monkeypatch.setattr(logging.getLogger("jaxvision"), "propagate", True)
+
+
 def _state(value: float, rows: int = 4) -> steps.TrainState:
     params = {"dense": {"kernel": jnp.full((rows, 3), value), "bias": jnp.zeros((3,))}}
     return steps.TrainState(

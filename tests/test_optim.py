@@ -99,6 +99,12 @@ def test_schedule_in_epochs_equals_schedule_in_steps():
         ({"schedule.name": "cosin"}, "Unknown schedule.name 'cosin'"),
         ({"loss": "hinge"}, "Unknown loss 'hinge'"),
         ({"grad_accum_steps": 3}, "grad_accum_steps=3"),
+        ({"schedule.warmup_steps": 5, "schedule.warmup_epochs": 1.0}, "not both"),
+        ({"mixup.cutmix_alpha": -1.0}, "mixup.cutmix_alpha must be >= 0"),
+        ({"on_nonfinite": "ignore"}, "Unknown on_nonfinite 'ignore'"),
+        ({"compute_dtype": "float16"}, "Unknown compute_dtype 'float16'"),
+        ({"optimizer.ema_decay": 1.0}, r"ema_decay must be in \[0, 1\)"),
+        ({"optimizer.lr_multipliers": (("head",),)}, "lr_multipliers entries"),
     ],
 )
 def test_bad_values_fail_validation(changes, message):
