@@ -25,6 +25,9 @@ def base() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.model = model("cnn")
+    # Fine-tuning: a .npz (vision_transformer / big_vision) or timm .safetensors file whose
+    # weights replace the fresh initialisation of a new run (not used when resuming).
+    c.pretrained = ""
 
     c.dataset = ml_collections.ConfigDict()
     c.dataset.name = "mnist5k"  # a catalog name, any tfds name, or folder:/path
@@ -206,6 +209,14 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_process
 
     if config.model.name not in models.names():
         models.create(config.model.name, num_classes=1)  # raises, listing the known names
+    if config.pretrained:
+        import os
+
+        _require(
+            os.path.isfile(config.pretrained),
+            f"pretrained={config.pretrained!r} is not a file. Give the path of a .npz or "
+            ".safetensors checkpoint (see jaxvision.models.pretrained for where to get them).",
+        )
     b = config.batch_size
     _require(b > 0, f"batch_size must be positive, got {b}.")
     _require(

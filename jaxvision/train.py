@@ -111,6 +111,7 @@ class _Setup:
     mesh: Any
     abstract_state: Any  # shapes, dtypes and shardings: what a restore reads into
     init_fn: Any
+    reinit_fn: Any  # (state, params, batch_stats) -> state with fresh optimizer state
     train_fn: Any
     eval_fns: dict[str, Any]  # metric prefix -> jitted eval step
 
@@ -151,10 +152,17 @@ def _build(config: ml_collections.ConfigDict) -> _Setup:
             out_shardings=replicated,
         )
     init_fn = jax.jit(init, out_shardings=state_sharding)
+
+    def reinit(state, params, batch_stats):
+        return state.replace(params=params, batch_stats=batch_stats, opt_state=tx.init(params))
+
+    reinit_fn = jax.jit(reinit, out_shardings=state_sharding)
     like = jax.tree.map(
         lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), abstract, state_sharding
     )
-    return _Setup(config, info, model, total_steps, mesh, like, init_fn, train_fn, eval_fns)
+    return _Setup(
+        config, info, model, total_steps, mesh, like, init_fn, reinit_fn, train_fn, eval_fns
+    )
 
 
 def _restore_or_init(
@@ -178,10 +186,22 @@ def _restore_or_init(
             log.warning("Resuming despite config changes: %s", "; ".join(diffs))
     restored = ckpts.restore_latest(s.abstract_state)
     if restored is None:
-        return s.init_fn(), 0
+        state = s.init_fn()
+        if s.config.pretrained:
+            state = _load_pretrained(s, state)
+        return state, 0
     state, _, step = restored
     log.info("Resumed from %s at step %d.", ckpts.directory, step)
     return state, step
+
+
+def _load_pretrained(s: _Setup, state: steps.TrainState) -> steps.TrainState:
+    """Starts a new run from `config.pretrained` weights (head re-initialised if it differs)."""
+    path = s.config.pretrained
+    variables = models.load_pretrained(path, s.model, rng=jax.random.PRNGKey(s.config.seed))
+    log.info("Initialised from %s.", path)
+    batch_stats = variables.get("batch_stats", state.batch_stats)
+    return s.reinit_fn(state, variables["params"], batch_stats)
 
 
 class _StopRequest:
