@@ -475,6 +475,7 @@ def _save_and_reference(torch, module, path, images: np.ndarray) -> np.ndarray:
         return module(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
 
 
+@pytest.mark.slow  # needs torch: the README's slow-test command installs it
 @pytest.mark.parametrize("pool", ["token", "map"])
 def test_timm_vit_safetensors_matches_torch(tmp_path, images, pool):
     torch = pytest.importorskip("torch", reason="pip install -e '.[torch]' for timm tests")
@@ -485,6 +486,7 @@ def test_timm_vit_safetensors_matches_torch(tmp_path, images, pool):
     np.testing.assert_allclose(logits_of(model, variables, images), expected, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name,bottleneck,stages", [("resnet18", False, (2, 2, 2, 2)), ("resnet50", True, (3, 4, 6, 3))]
 )
@@ -557,6 +559,7 @@ def test_unknown_timm_keys_are_reported(tmp_path):
     assert re.search(r"missing\s+Transformer/encoderblock_\{0-1\}/LayerNorm_0/scale", str(e.value))
 
 
+@pytest.mark.slow
 def test_bfloat16_safetensors_load_as_float32(tmp_path):
     torch = pytest.importorskip("torch", reason="pip install -e '.[torch]' for timm tests")
     from safetensors.torch import save_file
