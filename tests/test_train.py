@@ -99,7 +99,7 @@ def _start(workdir, *overrides):
         "--config=configs/quickstart.py:smoke",
         f"--workdir={workdir}",
         "--config.dataset.name=digits",
-        "--config.num_train_steps=60",
+        "--config.num_train_steps=40",
         "--config.checkpoint_every_steps=10",
         "--config.keep_checkpoints=10",
         *overrides,
@@ -119,24 +119,24 @@ def test_sigkill_then_rerun_ends_bitwise_equal_to_an_uninterrupted_run(smoke_con
     interrupted = _start(cut_dir)
     ckpt_dir = os.path.join(cut_dir, "checkpoints")
     deadline = time.time() + 300
-    # Kill once step 30 is finalised: the process is then somewhere past it, mid-step.
-    while time.time() < deadline and not os.path.isdir(os.path.join(ckpt_dir, "30")):
+    # Kill once step 20 is finalised: the process is then somewhere past it, mid-step.
+    while time.time() < deadline and not os.path.isdir(os.path.join(ckpt_dir, "20")):
         time.sleep(0.05)
     interrupted.send_signal(signal.SIGKILL)
     interrupted.communicate()
     _, stderr = reference.communicate(timeout=300)
     assert reference.returncode == 0, stderr[-3000:]
     killed_at = max(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
-    assert 30 <= killed_at < 60, "the kill must land before the run finished"
+    assert 20 <= killed_at < 40, "the kill must land before the run finished"
     resumed = _start(cut_dir)
     _, stderr = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, stderr[-3000:]
 
     smoke_config.dataset.name = "digits"
-    smoke_config.num_train_steps = 60
+    smoke_config.num_train_steps = 40
     a = _final_params(ref_dir, smoke_config)
     b = _final_params(cut_dir, smoke_config)
-    assert int(a.step) == int(b.step) == 60
+    assert int(a.step) == int(b.step) == 40
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(x, y)
     # The resumed run's log has each step once.
