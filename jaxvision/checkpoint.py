@@ -208,6 +208,7 @@ class Checkpoints:
             problems = verify(self.step_dir(step))
             if not problems:
                 state, meta = self.restore(step, like)
+                self._drop_steps_after(step)
                 return state, meta, step
             damaged.append(f"step {step}: " + "; ".join(problems[:5]))
             log.warning(
@@ -221,7 +222,19 @@ class Checkpoints:
                 + "\n  ".join(damaged)
                 + "\nDelete the damaged step directories to start over, or use a fresh --workdir."
             )
+        self._drop_steps_after(None)
         return None
+
+    def _drop_steps_after(self, step: int | None) -> None:
+        """Deletes saves newer than the restored `step` (no manifest yet, or damaged).
+
+        The resumed run redoes those steps and saves them again; left in place they would
+        block that save ("Checkpoint for step N already exists").
+        """
+        for newer in self._manager.all_steps():
+            if step is None or newer > step:
+                log.warning("Removing unverified checkpoint step %d; it will be redone.", newer)
+                self._manager.delete(newer)
 
     def wait(self) -> None:
         """Blocks until every pending save is finalised on disk with its manifest."""

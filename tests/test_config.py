@@ -66,5 +66,5 @@ def test_smoke_arg_switches_online_datasets_to_offline_shapes():
 def test_load_reads_a_config_file_with_its_arg():
     c = config_lib.load("configs/quickstart.py:smoke")
     assert c.num_train_steps == 20 and c.model.name == "cnn"
-    with pytest.raises(FileNotFoundError, match="nope.py"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.py"):
         config_lib.load("configs/nope.py")
