@@ -14,8 +14,9 @@ CONFIGS = sorted(
     for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
     if not p.endswith("__init__.py")
 )
-# Smoke runs cheap enough for the default test run; the rest are marked slow.
-FAST_SMOKE = {"configs/quickstart.py", "configs/cnn_cifar10.py", "configs/vit_ti4_cifar10.py"}
+# One smoke run in the default test run (the quickstart's is in test_train.py); the rest
+# are marked slow.
+FAST_SMOKE = {"configs/vit_ti4_cifar10.py"}
 
 
 @pytest.mark.parametrize("path", CONFIGS)
