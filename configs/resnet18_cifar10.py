@@ -7,12 +7,12 @@ Smoke:  python -m jaxvision.main --config=configs/resnet18_cifar10.py:smoke --wo
 Anchor: ResNet-18 with this recipe (SGD 0.1, momentum 0.9, wd 5e-4, 200 epochs, cosine,
         crop + flip) is published at about 95% CIFAR-10 test accuracy (e.g. the widely
         used kuangliu/pytorch-cifar table: 95.4%). Not measured here: no download on this
-        machine. Smoke (offline, shapes, 20 steps): see SMOKE_MEASURED.
+        machine.
+        Smoke: 57 s for the smoke command (20 steps on offline shapes, dataset already
+        prepared; 2 CPU cores shared with ~4 other jobs).
 """
 
 from jaxvision import config as config_lib
-
-SMOKE_MEASURED = "not yet measured"
 
 
 def get_config(arg: str | None = None):
