@@ -19,12 +19,12 @@ Fine-tune: python -m jaxvision.main --config=configs/vit_b16.py:cifar10 --workdi
         no weight decay. Anchor: 99.0% CIFAR-10 test accuracy in the vision_transformer
         README. Not measured here (no download).
 Smoke:  python -m jaxvision.main --config=configs/vit_b16.py:smoke --workdir=/tmp/vit_b16
-        (ViT-B/16 width and depth on 32px shapes: 4 tokens; see SMOKE_MEASURED)
+        (ViT-B/16 width, 2 blocks, 32px shapes: 4 tokens). Measured: 42 s of training,
+        90 s for the whole command with start-up and the final report, on 2 CPU cores
+        shared with other jobs (load ~5).
 """
 
 from jaxvision import config as config_lib
-
-SMOKE_MEASURED = "not yet measured"
 
 
 def _imagenet(c, name: str) -> None:
@@ -77,8 +77,9 @@ def get_config(arg: str | None = None):
     else:
         _imagenet(c, "vit_s16" if "s16" in args else "vit_b16")
     if "smoke" in args:
+        # ViT-B width on 32px images (4 tokens) with 2 blocks: the full 12 took 144 s.
         c.model = config_lib.model(
-            c.model.name, image_size=32, pool=c.model.get("pool", "token"), scan=True
+            c.model.name, image_size=32, pool=c.model.get("pool", "token"), scan=True, depth=2
         )
         c.dataset.image_size = 32
         c.compute_dtype = "float32"
