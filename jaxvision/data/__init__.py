@@ -7,9 +7,11 @@ each example of the split exactly once; the last batch is padded and `mask` is 0
 the padding. Each process reads only its own shard of a split.
 """
 
+import contextlib
 import dataclasses
 import math
 import os
+import sys
 from collections.abc import Iterator
 
 # tf.data runs on the host only: keep TensorFlow off accelerators jax owns.
@@ -84,7 +86,9 @@ def _tfds_source(config: ml_collections.ConfigDict, spec: DatasetSpec) -> source
     )
     if catalog.is_offline(spec.name) or config.dataset.download:
         try:
-            builder.download_and_prepare()
+            # tfds reports preparation on stdout; keep stdout for the tools' JSON lines.
+            with contextlib.redirect_stdout(sys.stderr):
+                builder.download_and_prepare()
         except Exception as e:
             raise RuntimeError(_not_prepared(spec, builder, f"preparing it failed: {e}")) from e
     elif not builder.is_prepared():
