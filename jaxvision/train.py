@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxvision import checkpoint, data, models, optim, parallel, steps, writers
+from jaxvision import checkpoint, data, models, optim, parallel, steps, writers, xla_options
 from jaxvision import config as config_lib
 from jaxvision.console import log
 
@@ -141,6 +141,8 @@ def _build(config: ml_collections.ConfigDict) -> _Setup:
         in_shardings=(state_sharding, batch_sharding),
         out_shardings=(state_sharding, replicated),
         donate_argnums=0,
+        # On CPU: conv gradients through Eigen, ~2x faster train steps (docs/performance.md).
+        compiler_options=xla_options.train_compiler_options(),
     )
     eval_fns = {}
     for prefix, use_ema in (("eval", False), ("eval_ema", True)):

@@ -1,0 +1,28 @@
+"""Per-executable XLA options: which kernel library runs which op on the CPU.
+
+XLA:CPU sends matmuls and convolutions to YNNPACK by default. For the train step that is
+the wrong choice for convolutions: the weight gradient of a 3x3 conv (a correlation of
+the activations with the output gradient over the whole image) runs about 10x slower in
+YNNPACK than in XLA's Eigen convolution on this project's reference machine (762 vs 80 ms
+for a 128x32x32x64 layer, see docs/performance.md). Matmuls stay with YNNPACK.
+"""
+
+import os
+from typing import Any
+
+import jax
+
+# Compiler option -> value; passed as `jax.jit(..., compiler_options=...)`.
+_CPU_TRAIN_OPTIONS = {
+    # Only individual dots go to YNNPACK; convolutions (and their gradients) use Eigen.
+    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT",
+}
+
+
+def train_compiler_options() -> dict[str, Any] | None:
+    """Compiler options for the jitted train step on this platform (None: XLA's defaults)."""
+    if jax.default_backend() != "cpu":
+        return None
+    # A choice made in XLA_FLAGS wins, so users can still compare libraries.
+    given = os.environ.get("XLA_FLAGS", "")
+    return {k: v for k, v in _CPU_TRAIN_OPTIONS.items() if f"--{k}=" not in given} or None
