@@ -12,6 +12,7 @@ prints one JSON line per measurement, then a `summary` line with every headline 
   donation as `jaxvision.main`) on random images: `step_ms`, `train_img_per_s`, `mfu`;
 - `infer`: the eval forward pass, `infer_img_per_s`;
 - `memory`: XLA's buffer sizes for the train step and this process's peak RSS;
+- `profile` (with --what=...,profile): the train step's thread time by op category;
 - `pipeline` (with --what=...,pipeline): the config's real input pipeline alone.
 
 Every timed figure is the median over `--steps` timed runs after `--warmup` untimed ones,
@@ -34,7 +35,7 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file.", lock_config=True
 )
 _WHAT = flags.DEFINE_list(
-    "what", "peak,train,infer", "Measurements: peak, compile, train, infer, pipeline."
+    "what", "peak,train,infer", "Measurements: peak, compile, train, infer, profile, pipeline."
 )
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps; medians are over these.")
@@ -42,7 +43,7 @@ _PEAK_SIZE = flags.DEFINE_integer("peak_size", 2048, "Side of the square peak ma
 _LABEL = flags.DEFINE_string("label", "", "Free text copied into every line (e.g. a variant).")
 flags.mark_flags_as_required(["config"])
 
-MEASUREMENTS = ("peak", "compile", "train", "infer", "pipeline")
+MEASUREMENTS = ("peak", "compile", "train", "infer", "profile", "pipeline")
 # Fields the summary line always has (None when the measurement was not asked for).
 SUMMARY_FIELDS = (
     "train_img_per_s",
@@ -147,12 +148,12 @@ def _flops(compiled) -> float:
 class Bench:
     """The train and eval steps of one config, built exactly as `jaxvision.train` builds them."""
 
-    def __init__(self, config):
+    def __init__(self, config, materialize: bool = True):
         import functools
 
         import jax
 
-        from jaxvision import optim, parallel, steps
+        from jaxvision import optim, parallel, steps, xla_options
 
         self.config = config
         self.model, self.shape, num_classes = _model_and_shape(config)
@@ -163,8 +164,9 @@ class Bench:
         lr_fn = optim.learning_rate_schedule(config, total, steps_per_epoch=per_epoch)
         mesh = parallel.make_mesh()
         init = functools.partial(steps.init_state, self.model, tx, config.seed, self.shape)
+        self.abstract_state = jax.eval_shape(init)
         state_sharding = parallel.state_shardings(
-            jax.eval_shape(init),
+            self.abstract_state,
             mesh,
             fsdp=config.parallel.fsdp,
             min_size=config.parallel.fsdp_min_size,
@@ -178,6 +180,7 @@ class Bench:
             in_shardings=(state_sharding, batch_sharding),
             out_shardings=(state_sharding, replicated),
             donate_argnums=0,
+            compiler_options=xla_options.train_compiler_options(),
         )
 
         def forward(state, images):
@@ -187,13 +190,15 @@ class Bench:
             return self.model.apply(variables, images, train=False)
 
         self.infer_fn = jax.jit(forward, in_shardings=(state_sharding, batch_sharding))
+        self.compiled_train = None
+        if not materialize:  # only for lowering against abstract shapes
+            return
         self.state = jax.jit(init, out_shardings=state_sharding)()
         self.batches = _random_batches(self.shape, num_classes, config.batch_size, batch_sharding)
         eval_size = config.eval_batch_size or config.batch_size
         self.eval_images = [
             b["image"] for b in _random_batches(self.shape, num_classes, eval_size, batch_sharding)
         ]
-        self.compiled_train = None
 
     def compile(self) -> dict:
         """Traces, lowers and compiles the train step; FLOPs per image and XLA's memory plan."""
@@ -202,15 +207,29 @@ class Bench:
         traced = time.perf_counter()
         self.compiled_train = lowered.compile()
         done = time.perf_counter()
-        flops = _flops(self.compiled_train)
-        record = {
+        flops = self._unrolled_flops() or _flops(self.compiled_train)
+        return {
             "measurement": "compile",
             "trace_s": round(traced - start, 3),
             "compile_s": round(done - traced, 3),
             "gflops_per_step": round(flops / 1e9, 3),
             "gflops_per_img": round(flops / 1e9 / self.config.batch_size, 4),
         }
-        return record
+
+    def _unrolled_flops(self) -> float:
+        """FLOPs of the step with `scan` off (0 if it is already off).
+
+        XLA's cost analysis counts a while loop's body once, not once per iteration, so a
+        scanned model would report 1/depth of its matmul FLOPs; lowering (no compile) the
+        unrolled twin gives the true count.
+        """
+        if not self.config.model.get("scan", False):
+            return 0.0
+        config = self.config.copy_and_resolve_references()
+        config.unlock()
+        config.model.scan = False
+        twin = Bench(config, materialize=False)
+        return _flops(twin.train_fn.lower(twin.abstract_state, self.batches[0]))
 
     def memory(self) -> dict:
         """XLA's buffer plan of the compiled train step and the process's peak resident memory."""
@@ -309,14 +328,20 @@ def _measure(config, what: list[str], warmup: int, steps: int, peak_size: int) -
     if "peak" in what:
         for dtype in ("float32", "bfloat16"):
             yield matmul_peak(dtype, peak_size)
-    if {"compile", "train", "infer"} & set(what):
+    if {"compile", "train", "infer", "profile"} & set(what):
         bench = Bench(config)
-        if {"compile", "train"} & set(what):
+        if {"compile", "train", "profile"} & set(what):
             yield bench.compile()
         if "train" in what:
             yield bench.train(warmup, steps)
         if "infer" in what:
             yield bench.infer(warmup, steps)
+        if "profile" in what:
+            from jaxvision import op_profile
+
+            if "train" not in what:
+                bench.train(warmup, 1)
+            yield op_profile.profile(bench, steps=max(1, min(steps, 2)))
         if {"compile", "train"} & set(what):
             yield bench.memory()
     if "pipeline" in what:
@@ -355,6 +380,10 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     from jaxvision import console
 
+    if "profile" in _WHAT.value:
+        # Per-op trace events; read when the CPU backend starts, so set before first use.
+        flags_env = os.environ.get("XLA_FLAGS", "")
+        os.environ["XLA_FLAGS"] = f"{flags_env} --xla_cpu_enable_xprof_traceme=true".strip()
     console.setup()
     records = run(
         _CONFIG.value,
