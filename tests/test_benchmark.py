@@ -93,3 +93,13 @@ def test_compare_table_reads_both_sides():
         "| m | infer | 100.0 [100.0-100.0] | 200.0 [200.0-200.0] | 0.50x |" in r for r in rows
     )
     assert any("50.0%" in r for r in rows)
+
+
+def test_train_compiler_options_keep_a_choice_made_in_xla_flags(monkeypatch):
+    from jaxvision import xla_options
+
+    monkeypatch.setenv("XLA_FLAGS", "")
+    options = xla_options.train_compiler_options()
+    assert options == {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=individual_dot")
+    assert xla_options.train_compiler_options() is None
