@@ -5,7 +5,7 @@ Smoke:  python -m jaxvision.main --config=configs/quickstart.py:smoke --workdir=
 Expect: 98.3% accuracy on the 1,000 test images after 12 epochs (375 steps); 126 s of
         wall time for the whole command on 2 CPU cores that were also running other jobs
         (load average ~3.6), compilation, dataset preparation and the final report included
-        (fresh virtualenv, 2026-11-24). The 20-epoch schedule reaches 98.7%.
+        (fresh virtualenv, 2026-11-24).
 """
 
 from jaxvision import config as config_lib
