@@ -52,6 +52,25 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Modu
     return models.create(config.model.name, num_classes=num_classes, **overrides)
 
 
+def with_pretrained_overrides(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`config` plus the model overrides its `pretrained` file needs and the config leaves
+    unset (timm ViTs: the exact GELU), so that config.json records the model really run."""
+    if not config.pretrained:
+        return config
+    extra = {
+        k: v
+        for k, v in models.pretrained.recommended_overrides(config.pretrained).items()
+        if k not in config.model
+    }
+    if not extra:
+        return config
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        config.model.update(extra)
+    log.info("For %s: model overrides %s.", config.pretrained, extra)
+    return config
+
+
 def evaluate(
     eval_fn, state: steps.TrainState, eval_data: data.EvalData, prefix: str = "eval"
 ) -> dict[str, float]:
@@ -360,6 +379,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Trains `config` in `workdir`, resuming from its latest checkpoint; returns final metrics."""
     check_workdir(workdir)
     config_lib.validate(config, num_devices=jax.device_count(), num_processes=jax.process_count())
+    config = with_pretrained_overrides(config)
     s = _build(config)
     os.makedirs(workdir, exist_ok=True)
     ckpts = checkpoint.Checkpoints(

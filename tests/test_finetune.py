@@ -49,3 +49,18 @@ def test_missing_pretrained_file_is_a_clear_error(tmp_path):
     config = _vit_config(tmp_path, str(tmp_path / "nope.npz"))
     with pytest.raises(ValueError, match=r"nope\.npz.*is not a file"):
         train.run(config, str(tmp_path / "run"))
+
+
+def test_timm_vit_file_makes_the_run_use_the_exact_gelu(tmp_path):
+    from safetensors.numpy import save_file
+
+    path = str(tmp_path / "timm_vit.safetensors")
+    save_file({"patch_embed.proj.weight": np.zeros((192, 3, 4, 4), np.float32)}, path)
+    config = _vit_config(tmp_path, path)
+    resolved = train.with_pretrained_overrides(config)
+    # Recorded in the run's config (config.json), so evaluate/predict rebuild the same model.
+    assert resolved.model.gelu_approximate is False and resolved.is_locked
+    assert "gelu_approximate" not in config.model  # the caller's config is left alone
+    with config.unlocked():
+        config.model.gelu_approximate = True  # an explicit choice wins
+    assert train.with_pretrained_overrides(config).model.gelu_approximate is True

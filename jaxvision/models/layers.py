@@ -83,11 +83,16 @@ class MultiHeadDotProductAttention(nn.Module):
 
 
 class MlpBlock(nn.Module):
-    """Transformer feed-forward block: Dense -> GELU -> dropout -> Dense -> dropout."""
+    """Transformer feed-forward block: Dense -> GELU -> dropout -> Dense -> dropout.
+
+    `gelu_approximate=True` is the tanh GELU of the published JAX ViT checkpoints; timm
+    (PyTorch) weights were trained with the exact (erf) GELU: use False for those.
+    """
 
     mlp_dim: int
     dtype: Dtype = jnp.float32
     dropout_rate: float = 0.0
+    gelu_approximate: bool = True
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, deterministic: bool = True) -> jnp.ndarray:
@@ -100,7 +105,7 @@ class MlpBlock(nn.Module):
         )
         width = x.shape[-1]
         x = nn.Dense(self.mlp_dim, **dense)(x)
-        x = nn.gelu(x)
+        x = nn.gelu(x, approximate=self.gelu_approximate)
         x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
         x = nn.Dense(width, **dense)(x)
         return nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
@@ -153,6 +158,7 @@ class MAPHead(nn.Module):
     num_heads: int
     mlp_dim: int
     dtype: Dtype = jnp.float32
+    gelu_approximate: bool = True
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -162,5 +168,5 @@ class MAPHead(nn.Module):
         probe = jnp.tile(probe.astype(x.dtype), [n, 1, 1])
         x, _ = MultiHeadDotProductAttention(self.num_heads, dtype=self.dtype)(probe, x)
         y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype)(x)
-        x = x + MlpBlock(self.mlp_dim, dtype=self.dtype)(y)
+        x = x + MlpBlock(self.mlp_dim, dtype=self.dtype, gelu_approximate=self.gelu_approximate)(y)
         return x[:, 0]

@@ -52,6 +52,7 @@ class EncoderBlock(nn.Module):
     use_drop_path: bool = False
     deterministic: bool = True
     return_attention: bool = False
+    gelu_approximate: bool = True
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -81,9 +82,13 @@ class EncoderBlock(nn.Module):
         y = nn.Dropout(self.dropout)(y, deterministic=det)
         x = x + branch(y)
         y = nn.LayerNorm(epsilon=_LN_EPS, dtype=self.dtype, name="LayerNorm_2")(x)
-        y = MlpBlock(self.mlp_dim, dtype=self.dtype, dropout_rate=self.dropout, name="MlpBlock_3")(
-            y, deterministic=det
-        )
+        y = MlpBlock(
+            self.mlp_dim,
+            dtype=self.dtype,
+            dropout_rate=self.dropout,
+            gelu_approximate=self.gelu_approximate,
+            name="MlpBlock_3",
+        )(y, deterministic=det)
         return x + branch(y), attn
 
 
@@ -99,6 +104,7 @@ class Encoder(nn.Module):
     drop_path: float = 0.0
     scan: bool = False
     remat: bool = False
+    gelu_approximate: bool = True
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -124,6 +130,7 @@ class Encoder(nn.Module):
             use_drop_path=self.drop_path > 0.0,
             deterministic=not train,
             return_attention=return_attention,
+            gelu_approximate=self.gelu_approximate,
             dtype=self.dtype,
         )
         if self.scan:
@@ -167,6 +174,8 @@ class VisionTransformer(nn.Module):
     remat: bool = False
     resnet_stages: Sequence[int] | None = None
     resnet_width: int = 64
+    # tanh GELU as in the published JAX checkpoints; False: exact erf GELU, as timm weights need.
+    gelu_approximate: bool = True
     dtype: Dtype = jnp.float32
 
     def __post_init__(self) -> None:
@@ -262,6 +271,7 @@ class VisionTransformer(nn.Module):
             drop_path=self.drop_path,
             scan=self.scan,
             remat=self.remat,
+            gelu_approximate=self.gelu_approximate,
             dtype=self.dtype,
             name="Transformer",
         )(x, train=train, return_attention=return_features)
@@ -271,7 +281,13 @@ class VisionTransformer(nn.Module):
         elif self.pool == "gap":
             x = jnp.mean(tokens, axis=1)
         else:
-            x = MAPHead(self.num_heads, self.mlp_dim, dtype=self.dtype, name="MAPHead_0")(tokens)
+            x = MAPHead(
+                self.num_heads,
+                self.mlp_dim,
+                dtype=self.dtype,
+                gelu_approximate=self.gelu_approximate,
+                name="MAPHead_0",
+            )(tokens)
         if self.representation_size is not None:
             x = nn.tanh(nn.Dense(self.representation_size, dtype=self.dtype, name="pre_logits")(x))
         pre_logits = x
