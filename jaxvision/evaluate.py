@@ -16,36 +16,49 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import PartitionSpec
 
 from jaxvision import data, metrics, parallel, plots
 from jaxvision import workdir as workdir_lib
 from jaxvision.console import log
 
 
+def _local_rows(x: jax.Array, mesh: Any) -> np.ndarray:
+    """This process's rows of a batch-sharded global array, in its local order."""
+    spec = PartitionSpec(parallel.DATA_AXIS)
+    return np.asarray(multihost_utils.global_array_to_host_local_array(x, mesh, spec))
+
+
 def forward_split(
     model: Any, variables: dict, eval_data: data.EvalData, mesh: Any
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Labels [N] and logits [N, K] of every (unpadded) example of an eval split."""
-    replicated = parallel.replicated(mesh)
+    """Labels [N] and logits [N, K] of every (unpadded) example of an eval split, in the
+    split's order, on every process (a collective: all processes must call it)."""
 
-    # Outputs are replicated so every process can read whole batches (multi-host safe).
     @functools.partial(
         jax.jit,
-        in_shardings=(replicated, parallel.batch_sharding(mesh)),
-        out_shardings=replicated,
+        in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
+        out_shardings=parallel.batch_sharding(mesh),
     )
     def forward(variables, batch):
         logits = model.apply(variables, batch["image"], train=False)
         return logits, batch["label"], batch["mask"]
 
-    variables = jax.device_put(variables, replicated)
-    all_logits, all_labels = [], []
+    variables = jax.device_put(variables, parallel.replicated(mesh))
+    local = []  # this process's rows of every batch: its contiguous shard of the split
     for batch in eval_data:
-        logits, labels, mask = jax.device_get(forward(variables, batch))
-        keep = mask > 0
-        all_logits.append(logits[keep])
-        all_labels.append(labels[keep])
-    return np.concatenate(all_labels).astype(np.int64), np.concatenate(all_logits)
+        local.append([_local_rows(x, mesh) for x in forward(variables, batch)])
+    logits, labels, mask = (np.concatenate(parts) for parts in zip(*local, strict=True))
+    if jax.process_count() > 1:
+        # Every process holds the same number of rows (padded with mask 0); stacking them in
+        # process order restores the split's order, since process i read its i-th shard.
+        logits, labels, mask = (
+            np.concatenate(list(x))
+            for x in multihost_utils.process_allgather((logits, labels, mask))
+        )
+    keep = mask > 0
+    return labels[keep].astype(np.int64), logits[keep]
 
 
 def logged_eval(workdir: str, step: int) -> dict[str, float]:
@@ -167,14 +180,10 @@ def evaluate_workdir(
 
 
 def after_training(workdir: str, config: Any, info: data.DataInfo, model: Any, state: Any) -> None:
-    """End of training: training curves and the eval report of the final state."""
-    if jax.process_count() > 1:
-        # The eval split is spread over processes; the report needs all of it in one place.
-        plots.training_curves(
-            workdir_lib.metrics_records(workdir), os.path.join(workdir, "training_curves.png")
-        )
-        log.info("Multi-process run: for the eval report run python -m jaxvision.evaluate.")
-        return
+    """End of training: training curves and the eval report of the final state.
+
+    Every process must call it (the eval split is spread over them); process 0 writes.
+    """
     mesh = parallel.make_mesh()
     run = workdir_lib.LoadedRun(
         workdir=os.path.abspath(workdir),
@@ -189,6 +198,8 @@ def after_training(workdir: str, config: Any, info: data.DataInfo, model: Any, s
     labels, logits = forward_split(
         model, run.variables, data.eval_batches(config, info, mesh), mesh
     )
+    if jax.process_index() != 0:
+        return
     report = build_report(run, split, labels, logits, checkpoint="latest")
     out_dir = output_dir(run.workdir, split)
     write_report(out_dir, report, labels, logits)

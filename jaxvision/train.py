@@ -412,9 +412,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     if stop.signal_name:
         result["train/stopped_at_step"] = float(step)
         return result
-    if jax.process_index() == 0:
-        # Imported here: plotting libraries load only at the very end.
-        from jaxvision.evaluate import after_training
+    # Imported here: plotting libraries load only at the very end.
+    from jaxvision.evaluate import after_training
 
-        after_training(workdir, config, s.info, s.model, state)
+    after_training(workdir, config, s.info, s.model, state)
     return result

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from conftest import REPO, run_cli
 
@@ -18,6 +19,32 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _run_pair(args: list[str], timeout: int = 1800) -> list[str]:
+    """Runs `python args` as processes 0 and 1 of one run; returns their stderr."""
+    port = _free_port()
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                *args,
+                f"--coordinator_address=127.0.0.1:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            ],
+            cwd=REPO,
+            env={**os.environ, "XLA_FLAGS": ""},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    errs = [p.communicate(timeout=timeout)[1] for p in procs]
+    for p, err in zip(procs, errs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    return errs
 
 
 def _final_accuracy(workdir: str) -> float:
@@ -33,28 +60,7 @@ def test_two_processes_reach_the_single_process_accuracy(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
 
     pair = str(tmp_path / "pair")
-    port = _free_port()
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                *_ARGS,
-                f"--workdir={pair}",
-                f"--coordinator_address=127.0.0.1:{port}",
-                "--num_processes=2",
-                f"--process_id={i}",
-            ],
-            cwd=REPO,
-            env={**os.environ, "XLA_FLAGS": ""},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    errs = [p.communicate(timeout=1800)[1] for p in procs]
-    for p, err in zip(procs, errs, strict=True):
-        assert p.returncode == 0, err[-3000:]
+    errs = _run_pair([*_ARGS, f"--workdir={pair}"])
     assert "2 devices (2 processes)" in errs[0]
     # Only process 0 reports progress; each process read half of every batch.
     assert "step 50/" in errs[0] and "step 50/" not in errs[1]
@@ -63,3 +69,26 @@ def test_two_processes_reach_the_single_process_accuracy(tmp_path):
     print(f"single-process accuracy {a:.4f}, two-process accuracy {b:.4f}")
     assert a > 0.97
     assert abs(a - b) <= 0.005, (a, b)
+
+
+@pytest.mark.slow  # ~1 min on 2 CPU cores
+def test_two_processes_write_the_final_eval_report(tmp_path):
+    workdir = str(tmp_path / "pair")
+    _run_pair(
+        ["-m", "jaxvision.main", "--config=configs/quickstart.py:smoke", f"--workdir={workdir}"]
+    )
+    out = os.path.join(workdir, "eval", "test")
+    with open(os.path.join(out, "report.json")) as f:
+        report = json.load(f)
+    assert report["step"] == 20
+    # Each process evaluated its half; process 0 assembled the whole split, in order.
+    assert report["num_examples"] == 1000
+    assert report["accuracy"] == _final_accuracy(workdir)
+    assert report["training_logged"]["eval/accuracy"] == report["accuracy"]
+    labels = np.load(os.path.join(out, "predictions.npz"))["labels"]
+    from jaxvision import data
+    from jaxvision import workdir as workdir_lib
+
+    info = data.prepare(workdir_lib.load_config(workdir))
+    assert np.array_equal(labels, info.source.labels("test"))
+    assert os.path.getsize(os.path.join(workdir, "training_curves.png")) > 1000
