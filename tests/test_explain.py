@@ -4,10 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import ndimage
 from trained_runs import NUM_CLASSES, cnn_workdir
 
 from jaxvision import explain, models, predict
-from jaxvision.data.shapes_render import render_shapes
+from jaxvision.data.shapes_render import render_shapes_with_masks
 
 
 @pytest.mark.parametrize(
@@ -71,25 +72,35 @@ def test_rollout_maps_of_vits_and_hybrids_have_the_input_size(name):
     assert np.all(maps.std(axis=(1, 2)) > 0.01)
 
 
-def _shape_masks(images: np.ndarray) -> np.ndarray:
-    """Pixels unlike the border colour: the drawn shape (image borders are background)."""
-    border = np.concatenate([images[:, 0], images[:, -1], images[:, :, 0], images[:, :, -1]], 1)
-    background = np.median(border, axis=1)
-    return np.abs(images.astype(float) - background[:, None, None]).max(-1) > 48
+def _mass_near_the_shape(maps: np.ndarray, masks: np.ndarray, border: int) -> np.ndarray:
+    """Each map's share of its mass on its shape mask grown by `border` pixels."""
+    near = np.stack([ndimage.binary_dilation(m, iterations=border) for m in masks])
+    return (maps * near).sum((1, 2)) / maps.sum((1, 2))
+
+
+def _density_ratio(maps: np.ndarray, masks: np.ndarray, far: int) -> np.ndarray:
+    """Each map's mean on the shape over its mean more than `far` pixels from the shape."""
+    away = ~np.stack([ndimage.binary_dilation(m, iterations=far) for m in masks])
+    on = (maps * masks).sum((1, 2)) / masks.sum((1, 2))
+    return on / np.maximum((maps * away).sum((1, 2)) / away.sum((1, 2)), 1e-12)
 
 
 def test_grad_cam_of_a_trained_cnn_concentrates_on_the_shape():
     predictor = predict.Predictor.from_workdir(cnn_workdir())
-    images, labels = render_shapes(64, image_size=32, num_classes=NUM_CLASSES, seed=7)
+    images, labels, masks = render_shapes_with_masks(
+        256, image_size=32, num_classes=NUM_CLASSES, seed=7
+    )
     maps, method = predictor.explain(list(images), labels)
     assert method == "grad_cam"
-    assert maps.shape == (64, 32, 32)
-    assert np.all(maps.std(axis=(1, 2)) > 0.01), "maps must not be constant"
-    mask = _shape_masks(images)
-    shape_mass = (maps * mask).sum((1, 2)) / maps.sum((1, 2))
-    density = (maps * mask).sum((1, 2)) / mask.sum((1, 2))
-    background_density = (maps * ~mask).sum((1, 2)) / (~mask).sum((1, 2))
-    # Shapes cover ~22% of the pixels; a map blind to them would give them ~22% of its mass.
-    assert shape_mass.mean() > 1.4 * mask.mean()
-    assert np.median(density / background_density) > 1.5
-    assert np.mean(density > background_density) > 0.6
+    assert maps.shape == (256, 32, 32)
+    informative = maps.std(axis=(1, 2)) > 0.01
+    # An all-zero map is Grad-CAM's answer when no region raises the class score.
+    assert informative.mean() > 0.95, "maps must not be constant"
+    maps, masks = maps[informative], masks[informative]
+    # The CNN's last conv map is 16x16 (one cell per 2x2 pixels) and the bilinear upsampling
+    # spreads each cell over its neighbours: "on the shape" is the mask grown by 2 pixels.
+    # Measured: 55% of the mass there (38% on the exact mask, 47% with a 1-pixel border),
+    # on 34% of the pixels; far from the shape (> 5 pixels) 18% of the mass on 43%.
+    near = _mass_near_the_shape(maps, masks, border=2)
+    assert near.mean() > 0.5, near.mean()
+    assert np.median(_density_ratio(maps, masks, far=5)) > 2.0

@@ -53,6 +53,16 @@ def render_shapes(
     Each image holds one filled shape (its class) in a random colour, size and position
     on a noisy background of a different random colour.
     """
+    images, labels, _ = render_shapes_with_masks(
+        num, image_size=image_size, num_classes=num_classes, seed=seed
+    )
+    return images, labels
+
+
+def render_shapes_with_masks(
+    num: int, *, image_size: int, num_classes: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`render_shapes` plus each image's boolean shape mask [num, S, S] (to score explanations)."""
     if not 2 <= num_classes <= len(SHAPE_NAMES):
         raise ValueError(
             f"shapes supports 2..{len(SHAPE_NAMES)} classes, got num_classes={num_classes}."
@@ -63,18 +73,19 @@ def render_shapes(
     labels = np.arange(num) % num_classes
     rng.shuffle(labels)
     images = np.empty((num, image_size, image_size, 3), np.uint8)
+    masks = np.empty((num, image_size, image_size), bool)
     grid = np.arange(image_size, dtype=np.float32) + 0.5
     for i, label in enumerate(labels):
         r = rng.uniform(0.2, 0.4) * image_size
         cy, cx = rng.uniform(r, image_size - r, size=2)
         yy, xx = np.meshgrid(grid - cy, grid - cx, indexing="ij")
-        mask = _shape_mask(int(label), yy, xx, r)
+        masks[i] = _shape_mask(int(label), yy, xx, r)
         background = rng.uniform(0, 255, size=3)
         foreground = rng.uniform(0, 255, size=3)
         # Keep the shape visible: push its colour away from the background's.
         while np.abs(foreground - background).max() < 96:
             foreground = rng.uniform(0, 255, size=3)
-        img = np.where(mask[..., None], foreground, background)
+        img = np.where(masks[i][..., None], foreground, background)
         img = img + rng.normal(0, 12, size=img.shape)
         images[i] = np.clip(img, 0, 255).astype(np.uint8)
-    return images, labels.astype(np.int64)
+    return images, labels.astype(np.int64), masks
