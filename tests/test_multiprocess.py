@@ -1,5 +1,5 @@
 """Two processes on 127.0.0.1 (gloo collectives) train the quickstart together, each reading
-half of the data, and reach the accuracy of a single-process run."""
+half of the data, reach the accuracy of a single-process run and write the final report."""
 
 import json
 import os

@@ -49,11 +49,11 @@ def cnn_workdir() -> str:
 
 @functools.cache
 def vit_workdir() -> str:
-    """A 2-block ViT with 4x4 patches on 32px images, trained for 400 steps."""
+    """A 2-block ViT with 4x4 patches on 32px images, trained for 1000 steps."""
     model = config_lib.model(
         "vit_ti4", depth=2, hidden_size=64, num_heads=2, mlp_dim=128, image_size=32
     )
-    return _train("vit", smoke_config(model, 400))
+    return _train("vit", smoke_config(model, 1000))
 
 
 def scratch_dir(name: str) -> str:
