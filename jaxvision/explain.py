@@ -7,6 +7,7 @@ et al., 2017) weighs the last conv feature map's channels by the spatially avera
 gradient of the class score and keeps the positive part.
 """
 
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -102,6 +103,26 @@ def grad_cam(
     return _normalise(_upsample(cam, images.shape[1], images.shape[2]))
 
 
+def explainer(model: nn.Module) -> Callable[..., tuple[np.ndarray, str]]:
+    """`explain` for `model` with its jitted functions built once: reuse it across batches."""
+    method = method_for(model)
+    rollout_fn = jax.jit(lambda v, x: attention_rollout(model, v, x))
+    logits_fn = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    cam_fn = jax.jit(lambda v, x, c: grad_cam(model, v, x, c))
+
+    def run(
+        variables: dict[str, Any], images: np.ndarray, classes: np.ndarray | None = None
+    ) -> tuple[np.ndarray, str]:
+        images = jnp.asarray(images, jnp.float32)
+        if method == "attention_rollout":
+            return np.asarray(rollout_fn(variables, images)), method
+        if classes is None:
+            classes = jnp.argmax(logits_fn(variables, images), axis=-1)
+        return np.asarray(cam_fn(variables, images, jnp.asarray(classes, jnp.int32))), method
+
+    return run
+
+
 def explain(
     model: nn.Module,
     variables: dict[str, Any],
@@ -112,14 +133,4 @@ def explain(
 
     Attention rollout is class-agnostic, so `classes` only matters for Grad-CAM.
     """
-    method = method_for(model)
-    images = jnp.asarray(images, jnp.float32)
-    if method == "attention_rollout":
-        maps = jax.jit(lambda v, x: attention_rollout(model, v, x))(variables, images)
-    else:
-        if classes is None:
-            logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images)
-            classes = jnp.argmax(logits, axis=-1)
-        fn = jax.jit(lambda v, x, c: grad_cam(model, v, x, c))
-        maps = fn(variables, images, jnp.asarray(classes, jnp.int32))
-    return np.asarray(maps), method
+    return explainer(model)(variables, images, classes)

@@ -73,6 +73,7 @@ class Predictor:
             input_signature=[tf.TensorSpec([], tf.string)],
         )
         self._logits = jax.jit(lambda v, x: run.model.apply(v, x, train=False))
+        self._explain = None  # built on first use: explain.explainer(run.model)
 
     @classmethod
     def from_workdir(
@@ -146,15 +147,24 @@ class Predictor:
         """Explanation maps [N, H, W] in 0..1 at the model's input size, and the method."""
         from jaxvision import explain
 
+        if self._explain is None:
+            self._explain = explain.explainer(self.run.model)
+        method = explain.method_for(self.run.model)
         inputs = self.preprocess(images)
         maps = []
         for start in range(0, len(inputs), self.batch_size):
-            chunk = None if classes is None else classes[start : start + self.batch_size]
-            m, method = explain.explain(
-                self.run.model, self.run.variables, inputs[start : start + self.batch_size], chunk
-            )
-            maps.append(m)
-        return np.concatenate(maps), method
+            chunk = inputs[start : start + self.batch_size]
+            # Padded to whole batches (one compilation); pad rows are dropped below.
+            pad = self.batch_size - len(chunk)
+            chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
+            chunk_classes = None
+            if classes is not None:
+                chunk_classes = np.asarray(classes[start : start + self.batch_size])
+                chunk_classes = np.concatenate([chunk_classes, np.zeros(pad, chunk_classes.dtype)])
+            m, method = self._explain(self.run.variables, chunk, chunk_classes)
+            maps.append(m[: self.batch_size - pad])
+        height, width = self.run.info.image_shape[:2]
+        return np.concatenate(maps) if maps else np.zeros((0, height, width)), method
 
 
 def write_overlays(
