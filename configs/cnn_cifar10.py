@@ -7,7 +7,10 @@ Smoke:  python -m jaxvision.main --config=configs/cnn_cifar10.py:smoke --workdir
 Expect: not measured yet: this project's machines cannot download CIFAR-10. Run it where
         you can and record the result here.
         Smoke: 32 s for the smoke command (20 steps on offline shapes, dataset already
-        prepared; 2 CPU cores shared with ~4 other jobs).
+        prepared; 2 CPU cores shared with ~4 other jobs). Under `nice -n 19` (2026-11-24):
+        23 s with the cores nearly idle (load average ~2), 67 s with them busy (load 4-5). Ends near
+        chance (11% of 10 classes): 20 steps check that the config runs, not that it learns
+        (docs/models_on_shapes.md).
 """
 
 from jaxvision import config as config_lib
