@@ -43,6 +43,11 @@ def _encode_array(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
+    """`x` with zero rows appended up to `rows` (fixed batch shapes compile once)."""
+    return np.concatenate([x, np.zeros((rows - len(x), *x.shape[1:]), x.dtype)])
+
+
 def read_bytes(image: Image) -> bytes:
     """Encoded bytes of a path, bytes or uint8 array; ImageError for missing files."""
     if isinstance(image, np.ndarray):
@@ -110,8 +115,7 @@ class Predictor:
         outputs = []
         for start in range(0, len(inputs), self.batch_size):
             chunk = inputs[start : start + self.batch_size]
-            pad = self.batch_size - len(chunk)
-            padded = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
+            padded = _pad_rows(chunk, self.batch_size)
             outputs.append(np.asarray(self._logits(self.run.variables, padded))[: len(chunk)])
         return np.concatenate(outputs) if outputs else np.zeros((0, len(self.class_names)))
 
@@ -155,14 +159,15 @@ class Predictor:
         for start in range(0, len(inputs), self.batch_size):
             chunk = inputs[start : start + self.batch_size]
             # Padded to whole batches (one compilation); pad rows are dropped below.
-            pad = self.batch_size - len(chunk)
-            chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
             chunk_classes = None
             if classes is not None:
-                chunk_classes = np.asarray(classes[start : start + self.batch_size])
-                chunk_classes = np.concatenate([chunk_classes, np.zeros(pad, chunk_classes.dtype)])
-            m, method = self._explain(self.run.variables, chunk, chunk_classes)
-            maps.append(m[: self.batch_size - pad])
+                chunk_classes = _pad_rows(
+                    np.asarray(classes[start : start + self.batch_size]), self.batch_size
+                )
+            m, method = self._explain(
+                self.run.variables, _pad_rows(chunk, self.batch_size), chunk_classes
+            )
+            maps.append(m[: len(chunk)])
         height, width = self.run.info.image_shape[:2]
         return np.concatenate(maps) if maps else np.zeros((0, height, width)), method
 
