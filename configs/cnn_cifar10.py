@@ -8,9 +8,9 @@ Expect: not measured yet: this project's machines cannot download CIFAR-10. Run 
         you can and record the result here.
         Smoke: 32 s for the smoke command (20 steps on offline shapes, dataset already
         prepared; 2 CPU cores shared with ~4 other jobs). Under `nice -n 19` (2026-11-24):
-        23 s with the cores nearly idle (load average ~2), 67 s with them busy (load 4-5). Ends near
-        chance (11% of 10 classes): 20 steps check that the config runs, not that it learns
-        (docs/models_on_shapes.md).
+        23 s with the cores nearly idle (load average ~2), 67 s with them busy (load 4-5). Ends at
+        15.6% (chance 10%; shapes v2, 2026-11-24): 20 steps check that the config runs, not
+        that it learns (docs/models_on_shapes.md).
 """
 
 from jaxvision import config as config_lib

@@ -11,9 +11,9 @@ Anchor: ResNet-18 with this recipe (SGD 0.1, momentum 0.9, wd 5e-4, 200 epochs, 
         Smoke: 57 s for the smoke command (20 steps on offline shapes, dataset already
         prepared; 2 CPU cores shared with ~4 other jobs). Under `nice -n 19` (2026-11-24):
         30 s with the cores nearly idle (load average ~2), 58 s with them busy (load ~5;
-        97 s before the state init was compiled without XLA's slow optimisation). Ends at chance
-        (10% of 10 classes): 20 steps check that the config runs, not that it learns
-        (docs/models_on_shapes.md).
+        97 s before the state init was compiled without XLA's slow optimisation). Ends at 17.5%
+        (chance 10%; shapes v2, 2026-11-24): 20 steps check that the config runs, not that it
+        learns (docs/models_on_shapes.md).
 """
 
 from jaxvision import config as config_lib

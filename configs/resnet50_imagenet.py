@@ -12,7 +12,8 @@ Anchor: 76.1-76.5% top-1 on the validation set (torchvision's ResNet-50 v1.5: 76
         1/4): 28 s for the smoke command under `nice -n 19` with the 2 cores nearly idle
         (load average ~2), dataset already prepared (2026-11-24). All 16 blocks took 60 s
         under the same conditions and 112-120 s on busy cores, mostly compiling the train
-        step. Ends at chance: it checks that the recipe runs (docs/models_on_shapes.md).
+        step. Ends at 12% (chance 10%; shapes v2, 2026-11-24): it checks that the recipe runs
+        (docs/models_on_shapes.md).
 """
 
 from jaxvision import config as config_lib

@@ -22,8 +22,9 @@ Smoke:  python -m jaxvision.main --config=configs/vit_b16.py:smoke --workdir=/tm
         (ViT-B/16 width, 2 blocks, 32px shapes: 4 tokens). Measured: 42 s of training,
         90 s for the whole command with start-up and the final report, on 2 CPU cores
         shared with other jobs (load ~5). Under `nice -n 19` (2026-11-24): 29 s in all with
-        the cores nearly idle (load average ~2), 82 s with them busy (load 5.4-5.6). Ends at chance:
-        20 steps check that the config runs, not that it learns (docs/models_on_shapes.md).
+        the cores nearly idle (load average ~2), 82 s with them busy (load 5.4-5.6). Ends at 25%
+        (chance 10%; shapes v2, 2026-11-24): 20 steps check that the config runs, not that it
+        learns (docs/models_on_shapes.md).
 """
 
 from jaxvision import config as config_lib

@@ -174,3 +174,16 @@ def test_non_deterministic_mode_streams_the_same_kind_of_batches():
     info = data.prepare(config)
     batch = next(data.train_batches(config, info, parallel.make_mesh()))
     assert np.asarray(batch["image"]).shape == (4, 8, 8, 1)
+
+
+def test_shapes_are_brighter_than_their_background_and_versioned():
+    from jaxvision.data.builders import shapes as shapes_builder
+    from jaxvision.data.shapes_render import render_shapes_with_masks
+
+    images, _, masks = render_shapes_with_masks(64, image_size=32, num_classes=6, seed=3)
+    for image, mask in zip(images.astype(np.float32), masks):
+        # Fixed polarity in every channel is what lets any model find the shape quickly.
+        assert np.all(image[mask].mean(0) > image[~mask].mean(0) + 40)
+    config = shapes_builder.ShapesConfig.make(image_size=32, num_classes=6)
+    # The config's version names the prepared directory: it must follow the rendering's.
+    assert config.version == shapes_builder.Shapes.VERSION == "2.0.0"

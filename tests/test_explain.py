@@ -99,20 +99,15 @@ def test_grad_cam_of_a_trained_cnn_concentrates_on_the_shape():
     maps, masks = maps[informative], masks[informative]
     # The CNN's last conv map is 16x16 (one cell per 2x2 pixels) and the bilinear upsampling
     # spreads each cell over its neighbours: "on the shape" is the mask grown by 2 pixels.
-    # Measured: 55% of the mass there (38% on the exact mask, 47% with a 1-pixel border),
-    # on 34% of the pixels; far from the shape (> 5 pixels) 18% of the mass on 43%.
+    # Measured (CNN at 99.6% test accuracy): 63% of the mass there, on 33% of the pixels
+    # (55% with a 1-pixel border); far from the shape (> 5 pixels) 22% of the mass on 50%;
+    # median density on the shape 14x that far from it.
     near = _mass_near_the_shape(maps, masks, border=2)
-    assert near.mean() > 0.5, near.mean()
-    assert np.median(_density_ratio(maps, masks, far=5)) > 2.0
+    assert near.mean() > 0.55, near.mean()
+    assert np.median(_density_ratio(maps, masks, far=5)) > 5.0
 
 
-@pytest.mark.slow  # trains a ViT for 1000 steps: ~4 min on 2 CPU cores
-@pytest.mark.xfail(
-    strict=True,
-    reason="no tiny ViT learns shapes in minutes yet (issue 3): this one reaches ~60% on "
-    "these images; its rollout puts 65% of its mass within 2 pixels of the shapes, but an "
-    "untrained one already puts 54% there (41% vs 40% on the exact shapes)",
-)
+@pytest.mark.slow  # trains a ViT for 1000 steps: ~3 min on 2 CPU cores
 def test_attention_rollout_of_a_trained_vit_concentrates_on_the_shape():
     predictor = predict.Predictor.from_workdir(vit_workdir())
     images, labels, masks = render_shapes_with_masks(
@@ -133,6 +128,8 @@ def test_attention_rollout_of_a_trained_vit_concentrates_on_the_shape():
     )
     # Attention at initialisation already follows the image's content: the trained map
     # must beat it, not just the area, to show what the model learned to look at.
+    # Measured: accuracy 97.3%; 79% of the mass within 2 pixels of the shapes trained, 63%
+    # untrained; the shapes themselves cover 21% of the pixels.
     assert accuracy > 0.9, accuracy
     assert trained_mass > 0.5, trained_mass
     assert trained_mass > untrained_mass + 0.1, (trained_mass, untrained_mass)

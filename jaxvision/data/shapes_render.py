@@ -50,8 +50,8 @@ def render_shapes(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Returns `num` uint8 RGB images [num, S, S, 3] and int labels, deterministic in `seed`.
 
-    Each image holds one filled shape (its class) in a random colour, size and position
-    on a noisy background of a different random colour.
+    Each image holds one filled shape (its class) of random size, position and bright
+    colour on a noisy background of a random dark colour.
     """
     images, labels, _ = render_shapes_with_masks(
         num, image_size=image_size, num_classes=num_classes, seed=seed
@@ -80,11 +80,11 @@ def render_shapes_with_masks(
         cy, cx = rng.uniform(r, image_size - r, size=2)
         yy, xx = np.meshgrid(grid - cy, grid - cx, indexing="ij")
         masks[i] = _shape_mask(int(label), yy, xx, r)
-        background = rng.uniform(0, 255, size=3)
-        foreground = rng.uniform(0, 255, size=3)
-        # Keep the shape visible: push its colour away from the background's.
-        while np.abs(foreground - background).max() < 96:
-            foreground = rng.uniform(0, 255, size=3)
+        # Random hues, fixed polarity: every channel of the shape is brighter than the
+        # background's, so the outline is an edge of one sign that a first layer can detect
+        # and colour alone says nothing about the class.
+        background = rng.uniform(0, 100, size=3)
+        foreground = rng.uniform(155, 255, size=3)
         img = np.where(masks[i][..., None], foreground, background)
         img = img + rng.normal(0, 12, size=img.shape)
         images[i] = np.clip(img, 0, 255).astype(np.uint8)

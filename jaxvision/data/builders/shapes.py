@@ -7,6 +7,9 @@ import tensorflow_datasets as tfds
 from jaxvision.data.shapes_render import SHAPE_NAMES, render_shapes
 
 _MADE: dict[str, "ShapesConfig"] = {}
+# Bumped whenever the rendering changes, so copies prepared by an older release are
+# regenerated instead of silently reused.
+_VERSION = tfds.core.Version("2.0.0")
 
 
 @dataclasses.dataclass(eq=False)
@@ -35,7 +38,7 @@ class ShapesConfig(tfds.core.BuilderConfig):
             return _MADE[name]
         _MADE[name] = cls(
             name=name,
-            version=tfds.core.Version("1.0.0"),
+            version=_VERSION,
             image_size=image_size,
             num_classes=num_classes,
             num_train=num_train,
@@ -46,10 +49,13 @@ class ShapesConfig(tfds.core.BuilderConfig):
 
 
 class Shapes(tfds.core.GeneratorBasedBuilder):
-    """Filled shapes in random colours, sizes and positions over a noisy background."""
+    """Filled bright shapes in random hues, sizes and positions over a darker noisy background."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = _VERSION
+    RELEASE_NOTES = {
+        "1.0.0": "Initial release.",
+        "2.0.0": "Shapes brighter than the background in every channel (was: any colours).",
+    }
     BUILDER_CONFIGS = [ShapesConfig.make()]
 
     def _info(self) -> tfds.core.DatasetInfo:
