@@ -2,6 +2,7 @@
 
 import json
 import os
+import subprocess
 import sys
 
 import pytest
@@ -103,3 +104,28 @@ def test_train_compiler_options_keep_a_choice_made_in_xla_flags(monkeypatch):
     assert options == {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=individual_dot")
     assert xla_options.train_compiler_options() is None
+
+
+def test_time_to_accuracy_timestamps_the_first_eval_at_the_target(tmp_path):
+    """A stand-in training command writes three evals; the script finds the second."""
+    workdir = tmp_path / "run"
+    fake_training = (
+        "import json, os, sys, time\n"
+        "d = sys.argv[1].split('=', 1)[1]; os.makedirs(d)\n"
+        "with open(os.path.join(d, 'metrics.jsonl'), 'w') as f:\n"
+        "    for step, acc in ((1, 0.5), (2, 0.98), (3, 0.99)):\n"
+        "        f.write(json.dumps({'step': step, 'train/loss': 1.0}) + '\\n')\n"
+        "        f.write(json.dumps({'step': step, 'eval/accuracy': acc}) + '\\n')\n"
+        "        f.flush(); time.sleep(0.3)\n"
+    )
+    script = os.path.join(REPO, "benchmarks", "time_to_accuracy.py")
+    command = [sys.executable, script, "--target=0.975", "--", sys.executable, "-c"]
+    command += [fake_training, f"--workdir={workdir}"]
+    out = subprocess.run(command, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["step_at_target"] == 2 and result["final_accuracy"] == 0.99
+    assert [e["step"] for e in result["evals"]] == [1, 2, 3]
+    assert 0.2 < result["seconds_to_target"] < result["seconds_total"]
+    again = subprocess.run(command, capture_output=True, text=True)
+    assert again.returncode != 0 and "already holds a run" in again.stderr
