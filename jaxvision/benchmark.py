@@ -180,7 +180,7 @@ class Bench:
             in_shardings=(state_sharding, batch_sharding),
             out_shardings=(state_sharding, replicated),
             donate_argnums=0,
-            compiler_options=xla_options.train_compiler_options(),
+            compiler_options=xla_options.compiler_options(),
         )
 
         def forward(state, images):
@@ -189,7 +189,11 @@ class Bench:
                 variables["batch_stats"] = state.batch_stats
             return self.model.apply(variables, images, train=False)
 
-        self.infer_fn = jax.jit(forward, in_shardings=(state_sharding, batch_sharding))
+        self.infer_fn = jax.jit(
+            forward,
+            in_shardings=(state_sharding, batch_sharding),
+            compiler_options=xla_options.compiler_options(),
+        )
         self.compiled_train = None
         if not materialize:  # only for lowering against abstract shapes
             return

@@ -19,7 +19,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec
 
-from jaxvision import data, metrics, parallel, plots
+from jaxvision import data, metrics, parallel, plots, xla_options
 from jaxvision import workdir as workdir_lib
 from jaxvision.console import log
 
@@ -40,6 +40,7 @@ def forward_split(
         jax.jit,
         in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
         out_shardings=parallel.batch_sharding(mesh),
+        compiler_options=xla_options.compiler_options(),
     )
     def forward(variables, batch):
         logits = model.apply(variables, batch["image"], train=False)

@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxvision import metrics
+from jaxvision import metrics, xla_options
 from jaxvision import workdir as workdir_lib
 
 Image = str | bytes | np.ndarray
@@ -77,7 +77,10 @@ class Predictor:
             lambda encoded: preprocess.apply(ops, encoded, tf.zeros([2], tf.int64)),
             input_signature=[tf.TensorSpec([], tf.string)],
         )
-        self._logits = jax.jit(lambda v, x: run.model.apply(v, x, train=False))
+        self._logits = jax.jit(
+            lambda v, x: run.model.apply(v, x, train=False),
+            compiler_options=xla_options.compiler_options(),
+        )
         self._explain = None  # built on first use: explain.explainer(run.model)
 
     @classmethod

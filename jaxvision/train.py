@@ -169,7 +169,7 @@ def _build(config: ml_collections.ConfigDict) -> _Setup:
         out_shardings=(state_sharding, replicated),
         donate_argnums=0,
         # On CPU: conv gradients through Eigen, ~2x faster train steps (docs/performance.md).
-        compiler_options=xla_options.train_compiler_options(),
+        compiler_options=xla_options.compiler_options(),
     )
     eval_fns = {}
     for prefix, use_ema in (("eval", False), ("eval_ema", True)):
@@ -179,6 +179,7 @@ def _build(config: ml_collections.ConfigDict) -> _Setup:
             functools.partial(steps.eval_step, model=model, loss=config.loss, use_ema=use_ema),
             in_shardings=(state_sharding, batch_sharding),
             out_shardings=replicated,
+            compiler_options=xla_options.compiler_options(),
         )
     init_fn = jax.jit(init, out_shardings=state_sharding, compiler_options=_one_shot_options())
 

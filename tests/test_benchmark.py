@@ -96,14 +96,18 @@ def test_compare_table_reads_both_sides():
     assert any("50.0%" in r for r in rows)
 
 
-def test_train_compiler_options_keep_a_choice_made_in_xla_flags(monkeypatch):
+def test_compiler_options_keep_a_choice_made_in_xla_flags(monkeypatch):
     from jaxvision import xla_options
 
     monkeypatch.setenv("XLA_FLAGS", "")
-    options = xla_options.train_compiler_options()
-    assert options == {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+    options = xla_options.compiler_options()
+    assert options == {
+        "xla_cpu_experimental_ynn_fusion_type": (
+            "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
+        )
+    }
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=individual_dot")
-    assert xla_options.train_compiler_options() is None
+    assert xla_options.compiler_options() is None
 
 
 def test_time_to_accuracy_timestamps_the_first_eval_at_the_target(tmp_path):
