@@ -40,9 +40,9 @@ def _new_evals(path: str, seen: int) -> tuple[list[dict], int]:
 def measure(command: list[str], target: float) -> dict:
     """Runs `command` to completion; the seconds at which an eval first reached `target`."""
     workdir = _workdir(command)
-    if os.path.exists(os.path.join(workdir, "metrics.jsonl")):
-        raise SystemExit(f"time_to_accuracy: {workdir} already holds a run; give a new workdir.")
     metrics = os.path.join(workdir, "metrics.jsonl")
+    if os.path.exists(metrics):
+        raise SystemExit(f"time_to_accuracy: {workdir} already holds a run; give a new workdir.")
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
     seen, evals = 0, []

@@ -168,7 +168,7 @@ def _build(config: ml_collections.ConfigDict) -> _Setup:
         in_shardings=(state_sharding, batch_sharding),
         out_shardings=(state_sharding, replicated),
         donate_argnums=0,
-        # On CPU: conv gradients through Eigen, ~2x faster train steps (docs/performance.md).
+        # On CPU: which kernel library runs convolutions and reductions (see xla_options).
         compiler_options=xla_options.compiler_options(),
     )
     eval_fns = {}
