@@ -7,7 +7,12 @@ the activations with the output gradient over the whole image) runs about 10x sl
 YNNPACK than in XLA's Eigen convolution on this project's reference machine (762 vs 80 ms
 for a 128x32x32x64 layer, see docs/performance.md), and the ResNet-18 forward pass runs
 1.27x faster with Eigen's convolutions (121.6 vs 95.5 img/s, medians of 8 interleaved
-batches of 128, idle machine, 2026-11-24). Matmuls stay with YNNPACK.
+batches of 128, idle machine, 2026-11-24).
+
+Matmuls go to Eigen as well. Its matmuls beat YNNPACK's on the ViT's skinny shapes
+(8192 tokens by 192-768 features) inside a whole step: the ViT-Ti/4 train step ran 1.12x
+faster (39.0 vs 34.7 img/s, medians of 16 interleaved steps) and its forward pass 1.08x
+(160.2 vs 148.4 img/s), benchmarks/peer_configs.py, idle machine, 2026-11-24.
 
 Reductions go to YNNPACK too. Without a library for them XLA:CPU splits every reduction
 over more than 32 elements into a reduce-window plus a reduce that run as separate,
@@ -24,11 +29,9 @@ import jax
 
 # Compiler option -> value; passed as `jax.jit(..., compiler_options=...)`.
 _CPU_OPTIONS = {
-    # Individual dots and reductions go to YNNPACK; convolutions (and their gradients)
-    # use Eigen.
-    "xla_cpu_experimental_ynn_fusion_type": (
-        "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
-    ),
+    # Only reductions go to YNNPACK; matmuls and convolutions (and their gradients) use
+    # Eigen.
+    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE",
 }
 
 

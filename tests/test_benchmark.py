@@ -101,11 +101,7 @@ def test_compiler_options_keep_a_choice_made_in_xla_flags(monkeypatch):
 
     monkeypatch.setenv("XLA_FLAGS", "")
     options = xla_options.compiler_options()
-    assert options == {
-        "xla_cpu_experimental_ynn_fusion_type": (
-            "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
-        )
-    }
+    assert options == {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=individual_dot")
     assert xla_options.compiler_options() is None
 
