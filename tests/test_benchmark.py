@@ -129,3 +129,19 @@ def test_time_to_accuracy_timestamps_the_first_eval_at_the_target(tmp_path):
     assert 0.2 < result["seconds_to_target"] < result["seconds_total"]
     again = subprocess.run(command, capture_output=True, text=True)
     assert again.returncode != 0 and "already holds a run" in again.stderr
+
+
+@pytest.mark.slow
+def test_kernels_vs_torch_prints_every_kernel_and_field():
+    """The kernel-level comparison runs at a tiny batch and prints each kernel once."""
+    pytest.importorskip("torch")
+    script = os.path.join(REPO, "benchmarks", "kernels_vs_torch.py")
+    out = subprocess.run(
+        [sys.executable, script, "--batch=2", "--repeats=1"], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [line["kernel"].split()[0] for line in lines] == ["matmul"] * 6 + ["attention"] * 2
+    for line in lines:
+        assert line["jax_ms"] > 0 and line["torch_ms"] > 0 and line["ratio"] > 0
+    assert all(line["jax_gflops"] > 0 for line in lines[:6])
