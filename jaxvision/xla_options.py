@@ -22,7 +22,9 @@ ran 1.10x faster for ViT-Ti/4 (41.1 vs 37.3 img/s, medians of 14 interleaved ste
 1.29x for ResNet-18 (37.7 vs 29.3 img/s, 6 steps), benchmarks/peer_configs.py, 2026-11-24.
 """
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -42,3 +44,20 @@ def compiler_options() -> dict[str, Any] | None:
     # A choice made in XLA_FLAGS wins, so users can still compare libraries.
     given = os.environ.get("XLA_FLAGS", "")
     return {k: v for k, v in _CPU_OPTIONS.items() if f"--{k}=" not in given} or None
+
+
+@contextlib.contextmanager
+def overridden(changes: dict[str, str]) -> Iterator[None]:
+    """Within the block, `compiler_options()` has `changes` applied (a value of "" drops one).
+
+    For A/B measurements in one process (benchmarks/interleaved_ab.py): the options are read
+    when a step is jitted, so build and compile each variant inside its own block.
+    """
+    global _CPU_OPTIONS
+    saved = _CPU_OPTIONS
+    merged = {**saved, **changes}
+    _CPU_OPTIONS = {k: v for k, v in merged.items() if v != ""}
+    try:
+        yield
+    finally:
+        _CPU_OPTIONS = saved

@@ -145,3 +145,29 @@ def test_kernels_vs_torch_prints_every_kernel_and_field():
     for line in lines:
         assert line["jax_ms"] > 0 and line["torch_ms"] > 0 and line["ratio"] > 0
     assert all(line["jax_gflops"] > 0 for line in lines[:6])
+
+
+def test_overridden_compiler_options_apply_only_inside_the_block(monkeypatch):
+    from jaxvision import xla_options
+
+    monkeypatch.setenv("XLA_FLAGS", "")
+    before = xla_options.compiler_options()
+    with xla_options.overridden({"xla_cpu_experimental_ynn_fusion_type": "", "a_flag": "x"}):
+        assert xla_options.compiler_options() == {"a_flag": "x"}
+    assert xla_options.compiler_options() == before
+
+
+def test_interleaved_ab_times_every_variant_and_names_a_bad_key():
+    """Two variants of the quickstart CNN, one with other XLA options, one step each."""
+    script = os.path.join(REPO, "benchmarks", "interleaved_ab.py")
+    base = [sys.executable, script, "--config=configs/quickstart.py", "--common=batch_size=8"]
+    variant = "xla:xla_cpu_experimental_ynn_fusion_type=;model.name=cnn"
+    command = [*base, "--steps=1", "", variant]
+    out = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [line["variant"] for line in lines] == ["(as configured)", variant]
+    assert lines[0]["ratio_to_first"] == 1.0
+    assert all(line["img_per_s"] > 0 and line["steps"] == 1 for line in lines)
+    bad = subprocess.run([*base, "model.no_such_key=1"], capture_output=True, text=True, cwd=REPO)
+    assert bad.returncode != 0 and "'model.no_such_key'" in bad.stderr

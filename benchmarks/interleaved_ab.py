@@ -1,0 +1,110 @@
+"""Train (or inference) steps of config variants, interleaved one step each in one process.
+
+    python benchmarks/interleaved_ab.py --config=benchmarks/peer_configs.py:vit_ti4_cifar \
+        --steps=16 "" "xla:xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE"
+    python benchmarks/interleaved_ab.py --config=... --what=infer "" "grad_accum_steps=4"
+
+Each positional argument is one variant: `;`-separated `key=value` config overrides
+(`model.scan=True`) and `xla:option=value` per-executable XLA options (on top of
+`jaxvision/xla_options.py`'s; `xla:option=` with no value drops one). The empty string is
+the config as it is; `--common` overrides apply to every variant. Every variant is built
+and compiled exactly as `jaxvision.benchmark` builds it; then the timed loop runs one step
+of each variant in turn, so a change in the machine's load hits all of them alike, which
+separate runs on a shared 2-core machine do not. Prints one JSON line per variant: median
+img/s, min-max, and the ratio to the first.
+"""
+
+import argparse
+import ast
+import json
+import os
+import statistics
+import time
+
+
+def apply_variant(config, variant: str) -> dict[str, str]:
+    """Applies `variant`'s config overrides to `config`; returns its XLA option changes."""
+    xla: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in variant.split(";"))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"Variant item {item!r} is not key=value (in {variant!r}).")
+        if key.startswith("xla:"):
+            xla[key[4:]] = value
+            continue
+        *path, last = key.split(".")
+        node = config
+        for name in path:
+            node = node[name]
+        if last not in node:
+            raise KeyError(f"Config has no key {key!r} (variant {variant!r}).")
+        old = node[last]
+        if isinstance(old, str):
+            node[last] = value
+        else:
+            node[last] = type(old)(ast.literal_eval(value)) if old is not None else value
+    return xla
+
+
+def main() -> None:
+    """Builds each variant, then times them step by step in turn."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="Config file[:arg], as for training.")
+    parser.add_argument("--common", default="", help="Overrides for every variant (k=v;...).")
+    parser.add_argument("--steps", type=int, default=10, help="Timed steps per variant.")
+    parser.add_argument("--what", choices=("train", "infer"), default="train")
+    parser.add_argument("variants", nargs="*", default=[""])
+    args = parser.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import jax
+
+    from jaxvision import config as config_lib
+    from jaxvision import xla_options
+    from jaxvision.benchmark import Bench
+
+    variants = args.variants or [""]
+    benches = []
+    for variant in variants:
+        config = config_lib.load(args.config)
+        config.unlock()
+        with xla_options.overridden(apply_variant(config, f"{args.common};{variant}")):
+            bench = Bench(config)
+            bench.compile()
+            # The forward pass compiles on its first call: under the same options.
+            jax.block_until_ready(bench.infer_fn(bench.state, bench.eval_images[0]))
+        benches.append(bench)
+
+    def run(bench, i: int):
+        if args.what == "train":
+            bench.state, metrics = bench.compiled_train(bench.state, bench.batches[i % 2])
+            return metrics
+        return bench.infer_fn(bench.state, bench.eval_images[i % 2])
+
+    seconds: list[list[float]] = [[] for _ in benches]
+    for i in range(args.steps + 1):  # step 0 warms up
+        for j, bench in enumerate(benches):
+            start = time.perf_counter()
+            jax.block_until_ready(run(bench, i))
+            if i:
+                seconds[j].append(time.perf_counter() - start)
+    base = None
+    for variant, bench, times in zip(variants, benches, seconds, strict=True):
+        train = args.what == "train"
+        images = bench.config.batch_size if train else len(bench.eval_images[0])
+        rate = images / statistics.median(times)
+        base = base or rate
+        record = {
+            "variant": variant or "(as configured)",
+            "what": args.what,
+            "img_per_s": round(rate, 2),
+            "min": round(images / max(times), 2),
+            "max": round(images / min(times), 2),
+            "steps": len(times),
+            "ratio_to_first": round(rate / base, 3),
+            "load_1min": os.getloadavg()[0],
+        }
+        print(json.dumps(record), flush=True)
+
+
+if __name__ == "__main__":
+    main()
