@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--common", default="", help="Overrides for every variant (k=v;...).")
     parser.add_argument("--steps", type=int, default=10, help="Timed steps per variant.")
     parser.add_argument("--what", choices=("train", "infer"), default="train")
-    parser.add_argument("variants", nargs="*", default=[""])
+    parser.add_argument("variants", nargs="*")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import jax
@@ -88,8 +88,8 @@ def main() -> None:
             if i:
                 seconds[j].append(time.perf_counter() - start)
     base = None
+    train = args.what == "train"
     for variant, bench, times in zip(variants, benches, seconds, strict=True):
-        train = args.what == "train"
         images = bench.config.batch_size if train else len(bench.eval_images[0])
         rate = images / statistics.median(times)
         base = base or rate

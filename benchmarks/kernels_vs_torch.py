@@ -14,7 +14,6 @@ medians in ms, GFLOP/s for matmuls, and the time ratio (>1: jaxvision faster). N
 import argparse
 import json
 import statistics
-import time
 from collections.abc import Callable
 
 import numpy as np
@@ -24,14 +23,9 @@ TOKENS, WIDTH, HEADS, MLP = 64, 192, 3, 768
 
 def median_ms(fn: Callable[[], object], repeats: int) -> float:
     """Median wall time of `fn` over `repeats` calls after two warm-up calls."""
-    fn()
-    fn()
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds) * 1e3
+    from jaxvision.benchmark import time_calls
+
+    return statistics.median(time_calls(lambda _: fn(), warmup=2, steps=repeats)) * 1e3
 
 
 def matmul_shapes(batch: int) -> list[tuple[str, int, int, int, bool]]:
