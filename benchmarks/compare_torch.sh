@@ -3,6 +3,7 @@
 #
 #   benchmarks/compare_torch.sh                      # both models, 3 repetitions each
 #   REPS=5 STEPS=5 benchmarks/compare_torch.sh vit_ti4_cifar
+#   JAX_ARGS=--config.parallel.cpu_devices=2 benchmarks/compare_torch.sh
 #
 # For each repetition and model it runs `python -m jaxvision.benchmark` and the peer
 # (shared/peers/torch_reference.py) back to back, alternating which goes first, with
@@ -10,7 +11,9 @@
 # warm-up, on random inputs). Both are timed as the mean over the timed steps (the
 # peer's statistic); the table shows the median over repetitions, min-max across
 # repetitions, and the ratio of the medians (>1: jaxvision faster). Raw JSON lines go
-# to $OUT (default benchmarks/results/compare-<time>.jsonl). Extra XLA flags: XLA_FLAGS.
+# to $OUT (default benchmarks/results/compare-<time>.jsonl). Extra XLA flags: XLA_FLAGS;
+# extra arguments for jaxvision's side only (config overrides): JAX_ARGS, which the
+# table's row names then carry.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +23,7 @@ BATCH=${BATCH:-128}
 THREADS=${THREADS:-2}
 PYTHON=${PYTHON:-python}
 PEER=${PEER:-../shared/peers/torch_reference.py}
+JAX_ARGS=${JAX_ARGS:-}
 MODELS=("$@")
 [ ${#MODELS[@]} -eq 0 ] && MODELS=(resnet18_cifar vit_ti4_cifar)
 mkdir -p benchmarks/results
@@ -36,7 +40,7 @@ machine() {
 run_jax() {
   "$PYTHON" -m jaxvision.benchmark --config="benchmarks/peer_configs.py:$1" \
     --config.batch_size="$BATCH" --what=peak,train,infer --steps="$STEPS" --warmup=1 \
-    --label="$1" 2>/dev/null | grep -E '"measurement": "(summary|train|infer)"'
+    --label="$1" $JAX_ARGS 2>/dev/null | grep -E '"measurement": "(summary|train|infer)"'
 }
 
 run_peer() {
@@ -48,7 +52,9 @@ for rep in $(seq 1 "$REPS"); do
   for model in "${MODELS[@]}"; do
     if (( rep % 2 )); then order=(run_jax run_peer); else order=(run_peer run_jax); fi
     for runner in "${order[@]}"; do
-      "$runner" "$model" | sed "s/^{/{\"rep\": $rep, \"bench\": \"$model\", /" | tee -a "$OUT"
+      "$runner" "$model" \
+        | sed "s|^{|{\"rep\": $rep, \"bench\": \"$model${JAX_ARGS:+ $JAX_ARGS}\", |" \
+        | tee -a "$OUT"
     done
   done
 done

@@ -11,7 +11,8 @@ the config as it is; `--common` overrides apply to every variant. Every variant 
 and compiled exactly as `jaxvision.benchmark` builds it; then the timed loop runs one step
 of each variant in turn, so a change in the machine's load hits all of them alike, which
 separate runs on a shared 2-core machine do not. Prints one JSON line per variant: median
-img/s, min-max, and the ratio to the first.
+img/s, min-max, and the ratio to the first. `parallel.cpu_devices` is one per process:
+give it in `--common`, not per variant.
 """
 
 import argparse
@@ -59,7 +60,7 @@ def main() -> None:
     import jax
 
     from jaxvision import config as config_lib
-    from jaxvision import xla_options
+    from jaxvision import parallel, xla_options
     from jaxvision.benchmark import Bench
 
     variants = args.variants or [""]
@@ -68,6 +69,8 @@ def main() -> None:
         config = config_lib.load(args.config)
         config.unlock()
         with xla_options.overridden(apply_variant(config, f"{args.common};{variant}")):
+            # Process-wide: variants that differ in it fail here with a clear error.
+            parallel.set_cpu_devices(config.parallel.cpu_devices)
             bench = Bench(config)
             bench.compile()
             # The forward pass compiles on its first call: under the same options.

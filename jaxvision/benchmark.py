@@ -137,9 +137,13 @@ def _random_batches(shape, num_classes: int, batch_size: int, sharding, count: i
     return batches
 
 
-def _flops(compiled) -> float:
-    """FLOPs of one call of a compiled executable from XLA's cost analysis (0 if unknown)."""
-    cost = compiled.cost_analysis()
+def _flops(lowered) -> float:
+    """FLOPs of one call of a lowered step from XLA's cost analysis (0 if unknown).
+
+    The lowered (not compiled) module: it has the global shapes, whereas a compiled
+    multi-device executable is one device's partition and counts only its share.
+    """
+    cost = lowered.cost_analysis()
     if isinstance(cost, list | tuple):  # older JAX: one dict per device program
         cost = cost[0] if cost else {}
     return float((cost or {}).get("flops", 0.0))
@@ -211,7 +215,7 @@ class Bench:
         traced = time.perf_counter()
         self.compiled_train = lowered.compile()
         done = time.perf_counter()
-        flops = self._unrolled_flops() or _flops(self.compiled_train)
+        flops = self._unrolled_flops() or _flops(lowered)
         return {
             "measurement": "compile",
             "trace_s": round(traced - start, 3),
@@ -361,6 +365,9 @@ def run(
         raise ValueError(f"Unknown --what {unknown}; choose from {', '.join(MEASUREMENTS)}.")
     if steps < 1 or warmup < 0:
         raise ValueError(f"Need --steps >= 1 and --warmup >= 0, got {steps} and {warmup}.")
+    from jaxvision import parallel
+
+    parallel.set_cpu_devices(config.parallel.cpu_devices)
     context = _context(config)
     summary: dict[str, Any] = dict.fromkeys(SUMMARY_FIELDS)
     for rec in _measure(config, what, warmup, steps, peak_size):

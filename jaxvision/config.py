@@ -66,6 +66,9 @@ def base() -> ml_collections.ConfigDict:
     c.parallel = ml_collections.ConfigDict()
     c.parallel.fsdp = False  # shard large parameters and optimizer state along `data`
     c.parallel.fsdp_min_size = 2**16  # parameters with fewer elements stay replicated
+    # CPU only: split the host into this many XLA devices (data parallel over the cores);
+    # 0 = JAX's default (one device using every core). Ignored by GPU/TPU runs.
+    c.parallel.cpu_devices = 0
 
     c.optimizer, c.schedule = _optimizer_section(), _schedule_section()
 
@@ -238,6 +241,8 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_process
         f"Set num_train_steps > 0 or num_epochs > 0 (got num_train_steps={config.num_train_steps}, "
         f"num_epochs={config.num_epochs}).",
     )
+    cpu = config.parallel.cpu_devices
+    _require(cpu >= 0, f"parallel.cpu_devices must be >= 0 (0 = JAX's default), got {cpu}.")
     _validate_optimization(config, num_devices)
     for key in ("log_every_steps", "checkpoint_every_steps"):
         _require(config[key] > 0, f"{key} must be positive, got {config[key]}.")

@@ -75,6 +75,28 @@ def initialize_distributed(
     log.info("Process %d of %d.", jax.process_index(), jax.process_count())
 
 
+def set_cpu_devices(count: int) -> None:
+    """Splits the host CPU into `count` XLA devices (0 keeps JAX's default); call before JAX runs.
+
+    XLA:CPU runs batched matmuls and many fusions on one thread each; with the batch split
+    over one device per core they run side by side (`docs/performance.md` has the numbers).
+    """
+    if count <= 0:
+        return
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError:  # the backend already started
+        have = len(jax.devices("cpu"))
+        if have == count:
+            return
+        raise ValueError(
+            f"parallel.cpu_devices={count}, but JAX already started in this process with "
+            f"{have} CPU device(s), and the count cannot change afterwards. Set it before "
+            "the first JAX computation (in a notebook: restart the runtime and run training "
+            "first), or leave parallel.cpu_devices at 0."
+        ) from None
+
+
 def make_mesh() -> Mesh:
     """A 1-D mesh over every device of every process, named `data`."""
     # Already the default; results independent of the device count depend on it.

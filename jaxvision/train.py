@@ -387,6 +387,7 @@ def _train(s: _Setup, state, loop: _Loop, stop: _StopRequest) -> tuple[Any, int]
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Trains `config` in `workdir`, resuming from its latest checkpoint; returns final metrics."""
     check_workdir(workdir)
+    parallel.set_cpu_devices(config.parallel.cpu_devices)
     config_lib.validate(config, num_devices=jax.device_count(), num_processes=jax.process_count())
     config = with_pretrained_overrides(config)
     s = _build(config)

@@ -42,6 +42,25 @@ def test_command_line_prints_every_measurement_and_field():
     assert memory["temp_gb"] is not None and memory["peak_rss_gb"] > 0
 
 
+def test_flops_per_image_do_not_depend_on_the_device_count():
+    # A compiled two-device step is one device's half; the count must be the whole step's.
+    gflops, devices = [], []
+    for cpu_devices in (0, 2):
+        result = run_cli(
+            [
+                "-m", "jaxvision.benchmark", "--config=configs/quickstart.py:smoke",
+                "--config.dataset.name=digits", "--config.batch_size=16", "--what=compile",
+                f"--config.parallel.cpu_devices={cpu_devices}",
+            ]
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        summary = json.loads(result.stdout.strip().splitlines()[-1])
+        gflops.append(summary["gflops_per_img"])
+        devices.append(summary["devices"])
+    assert devices == [1, 2]
+    assert gflops[0] > 0 and gflops[1] == pytest.approx(gflops[0], rel=1e-3)
+
+
 def _tiny_vit_config(scan: bool):
     sys.path.insert(0, os.path.join(REPO, "benchmarks"))
     try:

@@ -69,6 +69,17 @@ def test_one_and_four_devices_and_fsdp_give_the_same_losses():
         np.testing.assert_allclose(fsdp["losses"], four[name]["losses"], rtol=1e-4)
 
 
+def test_cpu_devices_cannot_change_once_jax_has_started():
+    import jax
+
+    jax.numpy.zeros(1).block_until_ready()  # the backend is up
+    have = len(jax.devices("cpu"))
+    parallel.set_cpu_devices(0)  # JAX's default: nothing to do
+    parallel.set_cpu_devices(have)  # what it already has: fine
+    with pytest.raises(ValueError, match=rf"cpu_devices={have + 1}.*already started.*{have} CPU"):
+        parallel.set_cpu_devices(have + 1)
+
+
 def test_fsdp_shards_the_largest_divisible_axis_of_large_arrays_only():
     spec = parallel.fsdp_spec
     assert spec((3, 3, 64, 128), 4, 1024) == PartitionSpec(None, None, None, "data")

@@ -146,25 +146,33 @@ def test_sigkill_then_rerun_ends_bitwise_equal_to_an_uninterrupted_run(smoke_con
 
 _LOSSES = """
 import json, sys
+import jax
 from configs import quickstart
 from jaxvision import train
 c = quickstart.get_config("smoke"); c.unlock()
 c.num_train_steps = 20; c.log_every_steps = 1; c.batch_size = 32
+c.parallel.cpu_devices = int(sys.argv[2])
 train.run(c, sys.argv[1])
-print(json.dumps([r["train/loss"] for r in map(json.loads, open(sys.argv[1] + "/metrics.jsonl"))
-                  if "train/loss" in r]))
+losses = [r["train/loss"] for r in map(json.loads, open(sys.argv[1] + "/metrics.jsonl"))
+          if "train/loss" in r]
+print(json.dumps({"devices": jax.device_count(), "losses": losses}))
 """
 
 
 def test_one_and_four_devices_give_the_same_losses(tmp_path):
+    # Four devices two ways: XLA's flag, and the config's parallel.cpu_devices (0 = default).
+    runs = {"one": (1, 0), "flag": (4, 0), "config": (1, 4)}
     losses = {}
-    for n in (1, 4):
-        env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
-        out = run_cli(["-c", _LOSSES, str(tmp_path / f"d{n}")], env=env)
+    for name, (flag_devices, cpu_devices) in runs.items():
+        env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={flag_devices}"}
+        out = run_cli(["-c", _LOSSES, str(tmp_path / name), str(cpu_devices)], env=env)
         assert out.returncode == 0, out.stderr[-3000:]
-        losses[n] = json.loads(out.stdout.strip().splitlines()[-1])
-    assert len(losses[1]) == 20
-    np.testing.assert_allclose(losses[4], losses[1], rtol=1e-4)
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        assert result["devices"] == (1 if name == "one" else 4)
+        losses[name] = result["losses"]
+    assert len(losses["one"]) == 20
+    np.testing.assert_allclose(losses["flag"], losses["one"], rtol=1e-4)
+    np.testing.assert_allclose(losses["config"], losses["one"], rtol=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -174,6 +182,9 @@ def test_one_and_four_devices_give_the_same_losses(tmp_path):
         ("--config.model.name=resnt18", "Unknown model name 'resnt18'"),
         ("--config.batch_size=30", "not divisible by the number of devices"),
         ("--config.optimiser.name=sgd", "optimiser"),
+        ("--config.parallel.cpu_devices=-1", "parallel.cpu_devices must be >= 0"),
+        # Applied before validation, over the XLA flag: 128 images do not split 3 ways.
+        ("--config.parallel.cpu_devices=3", "not divisible by the number of devices (3)"),
     ],
 )
 def test_bad_input_exits_nonzero_with_a_clear_message(tmp_path, override, message):
