@@ -78,8 +78,8 @@ def initialize_distributed(
 def set_cpu_devices(count: int) -> None:
     """Splits the host CPU into `count` XLA devices (0 keeps JAX's default); call before JAX runs.
 
-    XLA:CPU runs batched matmuls and many fusions on one thread each; with the batch split
-    over one device per core they run side by side (`docs/performance.md` has the numbers).
+    XLA:CPU runs a batched matmul (e.g. attention over short sequences) on one thread; with
+    the batch split over one device per core two run side by side (`docs/performance.md`).
     """
     if count <= 0:
         return
