@@ -137,18 +137,6 @@ def _random_batches(shape, num_classes: int, batch_size: int, sharding, count: i
     return batches
 
 
-def _flops(lowered) -> float:
-    """FLOPs of one call of a lowered step from XLA's cost analysis (0 if unknown).
-
-    The lowered (not compiled) module: it has the global shapes, whereas a compiled
-    multi-device executable is one device's partition and counts only its share.
-    """
-    cost = lowered.cost_analysis()
-    if isinstance(cost, list | tuple):  # older JAX: one dict per device program
-        cost = cost[0] if cost else {}
-    return float((cost or {}).get("flops", 0.0))
-
-
 class Bench:
     """The train and eval steps of one config, built exactly as `jaxvision.train` builds them."""
 
@@ -210,12 +198,14 @@ class Bench:
 
     def compile(self) -> dict:
         """Traces, lowers and compiles the train step; FLOPs per image and XLA's memory plan."""
+        from jaxvision.models.summary import xla_flops
+
         start = time.perf_counter()
         lowered = self.train_fn.lower(self.state, self.batches[0])
         traced = time.perf_counter()
         self.compiled_train = lowered.compile()
         done = time.perf_counter()
-        flops = self._unrolled_flops() or _flops(lowered)
+        flops = self._unrolled_flops() or xla_flops(lowered)
         return {
             "measurement": "compile",
             "trace_s": round(traced - start, 3),
@@ -237,7 +227,9 @@ class Bench:
         config.unlock()
         config.model.scan = False
         twin = Bench(config, materialize=False)
-        return _flops(twin.train_fn.lower(twin.abstract_state, self.batches[0]))
+        from jaxvision.models.summary import xla_flops
+
+        return xla_flops(twin.train_fn.lower(twin.abstract_state, self.batches[0]))
 
     def memory(self) -> dict:
         """XLA's buffer plan of the compiled train step and the process's peak resident memory."""

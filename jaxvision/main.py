@@ -33,6 +33,7 @@ def main(argv: list[str]) -> None:
 
     console.setup()
     try:
+        # Before process_index() below starts JAX; train.run's own call is for notebooks.
         parallel.set_cpu_devices(_CONFIG.value.parallel.cpu_devices)
         parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
         if jax.process_index() != 0:

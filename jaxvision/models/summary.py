@@ -50,6 +50,18 @@ def count_params(variables: Any) -> int:
     return sum(int(leaf.size) for leaf in jax.tree.leaves(variables["params"]))
 
 
+def xla_flops(stage: Any) -> float:
+    """FLOPs from XLA's cost analysis of a lowered or compiled computation (0 if unknown).
+
+    Count on the lowered stage for a multi-device step: a compiled one is one device's
+    partition and counts only its share.
+    """
+    cost = stage.cost_analysis()
+    if isinstance(cost, list | tuple):  # older jax returns one dict per computation
+        cost = cost[0] if cost else {}
+    return float((cost or {}).get("flops", 0.0))
+
+
 def forward_gflops(model: nn.Module, variables: Any, image_size: int) -> float:
     """GFLOPs of one inference forward pass on one image, from XLA's cost analysis.
 
@@ -57,10 +69,7 @@ def forward_gflops(model: nn.Module, variables: Any, image_size: int) -> float:
     """
     x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
     compiled = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, x).compile()
-    cost = compiled.cost_analysis()
-    if isinstance(cost, list | tuple):  # older jax returns one dict per computation
-        cost = cost[0] if cost else {}
-    return float((cost or {}).get("flops", float("nan"))) / 1e9
+    return (xla_flops(compiled) or float("nan")) / 1e9
 
 
 def summarize(name: str, *, num_classes: int = 1000, image_size: int | None = None) -> ModelSummary:
