@@ -103,12 +103,17 @@ class MlpBlock(nn.Module):
             kernel_init=nn.initializers.xavier_uniform(),
             bias_init=nn.initializers.normal(stddev=1e-6),
         )
-        width = x.shape[-1]
+        # The Dense layers see [tokens, D]. On [N, T, D] the weight gradients contract two
+        # axes, and XLA:CPU first copies each activation gradient into a transposed layout:
+        # flat, the ViT-Ti/4 train step is 11-13% faster (docs/performance.md).
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
         x = nn.Dense(self.mlp_dim, **dense)(x)
         x = nn.gelu(x, approximate=self.gelu_approximate)
         x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
-        x = nn.Dense(width, **dense)(x)
-        return nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+        x = nn.Dense(shape[-1], **dense)(x)
+        x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+        return x.reshape(shape)
 
 
 def drop_path(
