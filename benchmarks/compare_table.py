@@ -3,7 +3,10 @@
     python benchmarks/compare_table.py benchmarks/results/compare-*.jsonl
 
 Per model and metric: the median over repetitions for each side, the min-max across
-repetitions, and the ratio of medians (jaxvision / PyTorch; > 1 means jaxvision is faster).
+repetitions, the ratio of medians (jaxvision / PyTorch; > 1 means jaxvision is faster), and
+the median [min-max] of the per-repetition ratios. Each repetition runs the two sides back to
+back, so its ratio cancels the machine's slower drift (its speed moves by 20% and more over
+hours here), which the ratio of medians does not.
 Both sides are taken as batch / mean step time over their timed steps, as the peer reports.
 """
 
@@ -41,8 +44,8 @@ def table(values: dict) -> list[str]:
     """Markdown rows: model, metric, jaxvision median [min-max], PyTorch median [min-max], ratio."""
     rows = [
         "| model | step | jaxvision img/s (median [min-max]) | PyTorch img/s (median [min-max]) "
-        "| ratio | reps |",
-        "|---|---|---|---|---|---|",
+        "| ratio of medians | per-repetition ratio (median [min-max]) | reps |",
+        "|---|---|---|---|---|---|---|",
     ]
     models = sorted({m for m, _, _ in values})
 
@@ -57,14 +60,20 @@ def table(values: dict) -> list[str]:
                 continue
             ratio = statistics.median(jax_v) / statistics.median(torch_v)
             reps = min(len(jax_v), len(torch_v))
+            # Each repetition wrote one line per side, so the lists pair up in file order.
+            paired = "-"
+            if len(jax_v) == len(torch_v):
+                r = [j / t for j, t in zip(jax_v, torch_v, strict=True)]
+                paired = f"{statistics.median(r):.2f}x [{min(r):.2f}-{max(r):.2f}]"
             rows.append(
-                f"| {model} | {metric} | {cell(jax_v)} | {cell(torch_v)} | {ratio:.2f}x | {reps} |"
+                f"| {model} | {metric} | {cell(jax_v)} | {cell(torch_v)} | {ratio:.2f}x "
+                f"| {paired} | {reps} |"
             )
         mfu = values.get((model, "mfu", "jaxvision"))
         if mfu:
             rows.append(
                 f"| {model} | train MFU (vs measured fp32 matmul peak) | "
-                f"{statistics.median(mfu):.1%} [{min(mfu):.1%}-{max(mfu):.1%}] | | | {len(mfu)} |"
+                f"{statistics.median(mfu):.1%} [{min(mfu):.1%}-{max(mfu):.1%}] | | | | {len(mfu)} |"
             )
     return rows
 

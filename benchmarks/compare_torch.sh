@@ -10,7 +10,8 @@
 # the same batch, image size, thread count and number of timed steps (each after
 # warm-up, on random inputs). Both are timed as the mean over the timed steps (the
 # peer's statistic); the table shows the median over repetitions, min-max across
-# repetitions, and the ratio of the medians (>1: jaxvision faster). Raw JSON lines go
+# repetitions, the ratio of the medians (>1: jaxvision faster) and the median of the
+# per-repetition ratios (each from two back-to-back runs). Raw JSON lines go
 # to $OUT (default benchmarks/results/compare-<time>.jsonl). Extra XLA flags: XLA_FLAGS;
 # extra arguments for jaxvision's side only (config overrides): JAX_ARGS, which the
 # table's row names then carry.

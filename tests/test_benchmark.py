@@ -97,20 +97,29 @@ def test_compare_table_reads_both_sides():
         import compare_table
     finally:
         sys.path.pop(0)
-    lines = [
-        '{"measurement": "machine", "cpu": "x", "cores": 2, "load_1min": 0.5, "when": "t"}',
-        '{"rep": 1, "bench": "m", "measurement": "train", "mean_ms": 1000.0, "batch_size": 10}',
-        '{"rep": 1, "bench": "m", "measurement": "infer", "mean_ms": 100.0, "batch_size": 10}',
-        '{"rep": 1, "bench": "m", "measurement": "summary", "mfu": 0.5, "batch_size": 10}',
-        '{"rep": 1, "bench": "m", "peer": "pytorch-eager", "train_img_per_s": 5.0,'
-        ' "infer_img_per_s": 200.0}',
-    ]
+    lines = ['{"measurement": "machine", "cpu": "x", "cores": 2, "load_1min": 0.5, "when": "t"}']
+    # Three repetitions; the machine is slower in the second, on both sides.
+    for rep, (jax_ms, torch_img_s) in enumerate([(1000.0, 5.0), (2500.0, 4.0), (1666.7, 2.0)]):
+        lines += [
+            f'{{"rep": {rep}, "bench": "m", "measurement": "train", "mean_ms": {jax_ms},'
+            ' "batch_size": 10}',
+            f'{{"rep": {rep}, "bench": "m", "measurement": "infer", "mean_ms": 100.0,'
+            ' "batch_size": 10}',
+            f'{{"rep": {rep}, "bench": "m", "measurement": "summary", "mfu": 0.5,'
+            ' "batch_size": 10}',
+            f'{{"rep": {rep}, "bench": "m", "peer": "pytorch-eager",'
+            f' "train_img_per_s": {torch_img_s}, "infer_img_per_s": 200.0}}',
+        ]
     values, machines = compare_table.collect(lines)
     assert len(machines) == 1
     rows = compare_table.table(values)
-    assert any("| m | train | 10.0 [10.0-10.0] | 5.0 [5.0-5.0] | 2.00x | 1 |" in r for r in rows)
+    # Medians 6.0 / 4.0; the per-repetition ratios are 2.0, 1.0 and 3.0.
     assert any(
-        "| m | infer | 100.0 [100.0-100.0] | 200.0 [200.0-200.0] | 0.50x |" in r for r in rows
+        "| m | train | 6.0 [4.0-10.0] | 4.0 [2.0-5.0] | 1.50x | 2.00x [1.00-3.00] | 3 |" in r
+        for r in rows
+    ), rows
+    assert any(
+        "| m | infer | 100.0 [100.0-100.0] | 200.0 [200.0-200.0] | 0.50x | 0.50x" in r for r in rows
     )
     assert any("50.0%" in r for r in rows)
 
