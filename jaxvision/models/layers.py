@@ -105,7 +105,7 @@ class MlpBlock(nn.Module):
         )
         # The Dense layers see [tokens, D]. On [N, T, D] the weight gradients contract two
         # axes, and XLA:CPU first copies each activation gradient into a transposed layout:
-        # flat, the ViT-Ti/4 train step is 11-13% faster (docs/performance.md).
+        # flat, the ViT-Ti/4 train step is 9-13% faster (docs/performance.md).
         shape = x.shape
         x = x.reshape(-1, shape[-1])
         x = nn.Dense(self.mlp_dim, **dense)(x)
