@@ -41,7 +41,7 @@ def collect(lines: list[str]) -> tuple[dict, list[dict]]:
 
 
 def table(values: dict) -> list[str]:
-    """Markdown rows: model, metric, jaxvision median [min-max], PyTorch median [min-max], ratio."""
+    """Markdown rows: model, metric, each side's median [min-max], both ratios, repetitions."""
     rows = [
         "| model | step | jaxvision img/s (median [min-max]) | PyTorch img/s (median [min-max]) "
         "| ratio of medians | per-repetition ratio (median [min-max]) | reps |",
