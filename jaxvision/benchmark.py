@@ -49,6 +49,7 @@ SUMMARY_FIELDS = (
     "train_img_per_s",
     "infer_img_per_s",
     "step_ms",
+    "batch_branches",
     "infer_ms",
     "gflops_per_img",
     "mfu",
@@ -165,6 +166,10 @@ class Bench:
         )
         batch_sharding, replicated = parallel.batch_sharding(mesh), parallel.replicated(mesh)
         options = steps.StepOptions.from_config(config)
+        # As the step resolves `parallel.batch_branches=0` when it is traced.
+        self.branches = options.branches or steps.auto_branches(
+            bool(self.abstract_state.batch_stats), config.batch_size // config.grad_accum_steps
+        )
         self.train_fn = jax.jit(
             functools.partial(
                 steps.train_step, model=self.model, tx=tx, learning_rate_fn=lr_fn, options=options
@@ -265,6 +270,7 @@ class Bench:
             "measurement": "train",
             "step_ms": round(median * 1e3, 3),
             "train_img_per_s": round(self.config.batch_size / median, 2),
+            "batch_branches": self.branches,
             **spread(seconds),
         }
 

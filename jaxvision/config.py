@@ -69,6 +69,11 @@ def base() -> ml_collections.ConfigDict:
     # CPU only: split the host into this many XLA devices (data parallel over the cores);
     # 0 = JAX's default (one device using every core). Ignored by GPU/TPU runs.
     c.parallel.cpu_devices = 0
+    # Split each (micro-)batch into this many independent halves of the train step's graph,
+    # which XLA:CPU can run side by side; 0 = auto (2 on a single CPU device for models
+    # without BatchNorm, else 1). With BatchNorm, each branch normalises with its own
+    # statistics.
+    c.parallel.batch_branches = 0
 
     c.optimizer, c.schedule = _optimizer_section(), _schedule_section()
 
@@ -295,4 +300,11 @@ def _validate_optimization(config: ml_collections.ConfigDict, num_devices: int) 
         k >= 1 and config.batch_size % (k * num_devices) == 0,
         f"grad_accum_steps={k} must be >= 1 and batch_size={config.batch_size} divisible by "
         f"grad_accum_steps x devices ({k} x {num_devices}).",
+    )
+    b = config.parallel.batch_branches
+    _require(
+        b >= 0 and (b == 0 or config.batch_size % (k * b * num_devices) == 0),
+        f"parallel.batch_branches={b} must be >= 0 (0 = auto) and batch_size="
+        f"{config.batch_size} divisible by grad_accum_steps x batch_branches x devices "
+        f"({k} x {b} x {num_devices}).",
     )

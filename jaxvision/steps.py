@@ -38,6 +38,7 @@ class StepOptions:
     cutmix_alpha: float = 0.0
     mix_switch_prob: float = 0.5
     accum_steps: int = 1
+    branches: int = 1  # 0 = auto: `auto_branches` decides at trace time
     skip_nonfinite: bool = False
 
     @classmethod
@@ -50,6 +51,7 @@ class StepOptions:
             cutmix_alpha=config.mixup.cutmix_alpha,
             mix_switch_prob=config.mixup.switch_prob,
             accum_steps=config.grad_accum_steps,
+            branches=config.parallel.batch_branches,
             skip_nonfinite=config.on_nonfinite == "skip",
         )
 
@@ -91,11 +93,26 @@ def _micro_batches(batch: dict[str, jax.Array], k: int) -> dict[str, jax.Array]:
     return jax.tree.map(lambda x: x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1), batch)
 
 
+def auto_branches(has_batch_norm: bool, examples: int) -> int:
+    """Branches for `parallel.batch_branches=0`: 2 on one CPU device without BatchNorm.
+
+    XLA:CPU runs some kernels on one thread (a batched matmul's products one after another,
+    e.g. attention over short sequences); two independent halves of the step let it run one
+    half's such kernels beside the other's. With several CPU devices (`cpu_devices`) each
+    core already has its own half; BatchNorm would see half-batch statistics; accelerators
+    gain nothing from it. Those keep one branch.
+    """
+    one_cpu_device = jax.default_backend() == "cpu" and jax.local_device_count() == 1
+    if has_batch_norm or not one_cpu_device or examples % 2:
+        return 1
+    return 2
+
+
 def _grads(state, batch, dropout_rng, model, options):
     """Mean loss gradient over the batch, accumulated over `accum_steps` micro-batches."""
     has_bn = bool(state.batch_stats)
 
-    def loss_fn(params, batch_stats, mb, rng):
+    def branch_loss(params, batch_stats, mb, rng):
         out = model.apply(
             _variables(params, batch_stats),
             mb["image"],
@@ -107,6 +124,25 @@ def _grads(state, batch, dropout_rng, model, options):
         losses = example_losses(logits, mb["target"], options.loss) * mb["weight"]
         correct = jnp.mean(jnp.argmax(logits, -1) == mb["label"])
         return jnp.mean(losses), (correct, updates.get("batch_stats", batch_stats))
+
+    def loss_fn(params, batch_stats, mb, rng):
+        b = options.branches or auto_branches(has_bn, mb["image"].shape[0])
+        if b == 1:
+            return branch_loss(params, batch_stats, mb, rng)
+        # Independent sub-graphs over equal slices of the batch: the mean of their means is
+        # the batch mean, and XLA may run their kernels concurrently.
+        parts = _micro_batches(mb, b)
+        outs = [
+            branch_loss(
+                params,
+                batch_stats,
+                jax.tree.map(lambda x, i=i: x[i], parts),
+                jax.random.fold_in(rng, i),
+            )
+            for i in range(b)
+        ]
+        losses, (corrects, stats) = jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs), 0), *outs)
+        return losses, (corrects, stats)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     k = options.accum_steps

@@ -34,6 +34,7 @@ def test_command_line_prints_every_measurement_and_field():
         assert {"median_ms", "mean_ms", "min_ms", "max_ms", "n"} <= set(rec)
         assert rec["min_ms"] <= rec["median_ms"] <= rec["max_ms"]
     assert records[3]["n"] == 2
+    assert records[3]["batch_branches"] == 2  # auto: a BatchNorm-free model on one CPU device
     summary = records[-1]
     missing = [k for k in benchmark.SUMMARY_FIELDS if summary.get(k) is None]
     assert not missing, f"summary fields without a value: {missing}"

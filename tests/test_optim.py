@@ -99,6 +99,8 @@ def test_schedule_in_epochs_equals_schedule_in_steps():
         ({"schedule.name": "cosin"}, "Unknown schedule.name 'cosin'"),
         ({"loss": "hinge"}, "Unknown loss 'hinge'"),
         ({"grad_accum_steps": 3}, "grad_accum_steps=3"),
+        ({"parallel.batch_branches": 3}, "parallel.batch_branches=3"),
+        ({"parallel.batch_branches": -1}, "parallel.batch_branches=-1"),
         ({"schedule.warmup_steps": 5, "schedule.warmup_epochs": 1.0}, "not both"),
         ({"mixup.cutmix_alpha": -1.0}, "mixup.cutmix_alpha must be >= 0"),
         ({"on_nonfinite": "ignore"}, "Unknown on_nonfinite 'ignore'"),
@@ -191,6 +193,55 @@ def test_grad_accumulation_equals_one_step_on_the_whole_batch():
     np.testing.assert_allclose(m4["grad_norm"], m1["grad_norm"], rtol=1e-5)
     for a, b in zip(jax.tree.leaves(four.params), jax.tree.leaves(one.params), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize(("accum", "branches"), [(1, 2), (2, 2), (1, 4)])
+def test_batch_branches_equal_one_step_on_the_whole_batch(accum, branches):
+    _, (one, m1) = _cnn_step(1)
+    options = steps.StepOptions(accum_steps=accum, branches=branches)
+    _, (split, ms) = _cnn_step(accum, options)
+    for key in ("loss", "accuracy", "grad_norm"):
+        np.testing.assert_allclose(ms[key], m1[key], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(split.params), jax.tree.leaves(one.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_auto_branches_split_only_batch_norm_free_models_on_one_cpu_device():
+    assert jax.local_device_count() == 1  # the default test process
+    assert steps.auto_branches(has_batch_norm=False, examples=16) == 2
+    assert steps.auto_branches(has_batch_norm=True, examples=16) == 1
+    assert steps.auto_branches(has_batch_norm=False, examples=15) == 1
+
+
+def test_batch_branches_average_batch_norm_statistics():
+    model = models.create("resnet18", num_classes=10, stem="cifar", width=0.125)
+    c = _config(**{"optimizer.learning_rate": 0.01})
+    tx = optim.build(c, 60)
+    state = steps.init_state(model, tx, 0, (8, 8, 3))
+    rng = np.random.default_rng(2)
+    # Two halves with different scales: per-branch statistics differ from the batch's.
+    image = rng.normal(size=(8, 8, 8, 3)) * np.repeat([1.0, 3.0], 4)[:, None, None, None]
+    batch = {"image": jnp.asarray(image, jnp.float32), "label": jnp.arange(8) % 10}
+
+    def stats(branches):
+        options = steps.StepOptions(branches=branches)
+        fn = functools.partial(
+            steps.train_step,
+            model=model,
+            tx=tx,
+            learning_rate_fn=optim.learning_rate_schedule(c, 60),
+            options=options,
+        )
+        return jax.jit(fn)(state, batch)[0].batch_stats
+
+    one, two = stats(1), stats(2)
+    # The stem's BatchNorm sees the same conv outputs either way, and equal halves' mean
+    # batch mean is the batch mean: the averaged running mean matches; one branch's alone
+    # would not.
+    np.testing.assert_allclose(two["stem_bn"]["mean"], one["stem_bn"]["mean"], rtol=1e-4)
+    # Variances are per branch (each normalises with its own statistics): close, not equal.
+    np.testing.assert_allclose(two["stem_bn"]["var"], one["stem_bn"]["var"], rtol=0.1)
+    assert not np.allclose(two["stem_bn"]["var"], one["stem_bn"]["var"], rtol=1e-6)
 
 
 def test_nonfinite_step_is_skipped_when_configured_and_named_otherwise():
