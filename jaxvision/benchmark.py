@@ -184,7 +184,7 @@ class Bench:
             variables = {"params": state.params}
             if state.batch_stats:
                 variables["batch_stats"] = state.batch_stats
-            return self.model.apply(variables, images, train=False)
+            return steps.forward(self.model, variables, images)
 
         self.infer_fn = jax.jit(
             forward,

@@ -19,7 +19,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec
 
-from jaxvision import data, metrics, parallel, plots, xla_options
+from jaxvision import data, metrics, parallel, plots, steps, xla_options
 from jaxvision import workdir as workdir_lib
 from jaxvision.console import log
 
@@ -43,7 +43,7 @@ def forward_split(
         compiler_options=xla_options.compiler_options(),
     )
     def forward(variables, batch):
-        logits = model.apply(variables, batch["image"], train=False)
+        logits = steps.forward(model, variables, batch["image"])
         return logits, batch["label"], batch["mask"]
 
     variables = jax.device_put(variables, parallel.replicated(mesh))

@@ -9,6 +9,7 @@ As a library: `Predictor.from_workdir(DIR).predict(["a.jpg", "b.png"])`.
 """
 
 import argparse
+import functools
 import io
 import json
 import os
@@ -19,7 +20,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxvision import metrics, xla_options
+from jaxvision import metrics, steps, xla_options
 from jaxvision import workdir as workdir_lib
 
 Image = str | bytes | np.ndarray
@@ -78,7 +79,7 @@ class Predictor:
             input_signature=[tf.TensorSpec([], tf.string)],
         )
         self._logits = jax.jit(
-            lambda v, x: run.model.apply(v, x, train=False),
+            functools.partial(steps.forward, run.model),
             compiler_options=xla_options.compiler_options(),
         )
         self._explain = None  # built on first use: explain.explainer(run.model)

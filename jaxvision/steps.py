@@ -93,19 +93,28 @@ def _micro_batches(batch: dict[str, jax.Array], k: int) -> dict[str, jax.Array]:
     return jax.tree.map(lambda x: x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1), batch)
 
 
-def auto_branches(has_batch_norm: bool, examples: int) -> int:
-    """Branches for `parallel.batch_branches=0`: 2 on one CPU device without BatchNorm.
+def auto_branches(has_batch_norm: bool, examples: int, *, train: bool = True) -> int:
+    """How many independent branches a step on `examples` examples runs by default.
 
     XLA:CPU runs some kernels on one thread (a batched matmul's products one after another,
-    e.g. attention over short sequences); two independent halves of the step let it run one
-    half's such kernels beside the other's. With several CPU devices (`cpu_devices`) each
-    core already has its own half; BatchNorm would see half-batch statistics; accelerators
-    gain nothing from it. Those keep one branch.
+    e.g. attention over short sequences); independent sub-graphs over slices of the batch
+    let one slice's such kernels run beside another's. Only on a single CPU device: with
+    several (`parallel.cpu_devices`) each core already has its own slice, and accelerators
+    gain nothing. Training: 2 branches, and 1 with BatchNorm, which would then see
+    per-branch statistics. Inference: 4 (running statistics: exact for every model).
     """
-    one_cpu_device = jax.default_backend() == "cpu" and jax.local_device_count() == 1
-    if has_batch_norm or not one_cpu_device or examples % 2:
+    if jax.default_backend() != "cpu" or jax.local_device_count() != 1:
         return 1
-    return 2
+    b = (1 if has_batch_norm else 2) if train else 4
+    return b if examples % b == 0 else 1
+
+
+def forward(model: nn.Module, variables: dict, images: jax.Array) -> jax.Array:
+    """Eval-mode logits [N, K], over `auto_branches` independent slices of the batch."""
+    b = auto_branches(False, images.shape[0], train=False)
+    if b == 1:
+        return model.apply(variables, images, train=False)
+    return jnp.concatenate([model.apply(variables, x, train=False) for x in jnp.split(images, b)])
 
 
 def _grads(state, batch, dropout_rng, model, options):
@@ -228,7 +237,7 @@ def eval_step(
 ) -> dict:
     """Sums of loss, correct top-1/top-5 and example count over the unmasked examples."""
     params = state.ema_params if use_ema else state.params
-    logits = model.apply(_variables(params, state.batch_stats), batch["image"], train=False)
+    logits = forward(model, _variables(params, state.batch_stats), batch["image"])
     mask = batch["mask"]
     labels = batch["label"]
     targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)

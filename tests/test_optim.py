@@ -211,6 +211,21 @@ def test_auto_branches_split_only_batch_norm_free_models_on_one_cpu_device():
     assert steps.auto_branches(has_batch_norm=False, examples=16) == 2
     assert steps.auto_branches(has_batch_norm=True, examples=16) == 1
     assert steps.auto_branches(has_batch_norm=False, examples=15) == 1
+    assert steps.auto_branches(has_batch_norm=True, examples=16, train=False) == 4
+    assert steps.auto_branches(has_batch_norm=False, examples=6, train=False) == 1
+
+
+@pytest.mark.parametrize("examples", [8, 6])
+def test_forward_in_branches_equals_one_pass(examples):
+    model = models.create("resnet18", num_classes=10, stem="cifar", width=0.125)
+    variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)), train=False)
+    images = jax.random.normal(jax.random.PRNGKey(1), (examples, 8, 8, 3))
+    np.testing.assert_allclose(
+        jax.jit(functools.partial(steps.forward, model))(variables, images),
+        model.apply(variables, images, train=False),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 def test_batch_branches_average_batch_norm_statistics():
