@@ -27,6 +27,7 @@ def config(model=None, fsdp=False):
         c.dataset.num_classes = 6
     c.parallel.fsdp = fsdp
     c.parallel.fsdp_min_size = 256
+    c.parallel.batch_branches = 1  # branches draw their own dropout masks (the CNN's)
     return c
 
 def losses(c):

@@ -152,6 +152,7 @@ from jaxvision import train
 c = quickstart.get_config("smoke"); c.unlock()
 c.num_train_steps = 20; c.log_every_steps = 1; c.batch_size = 32
 c.parallel.cpu_devices = int(sys.argv[2])
+c.parallel.batch_branches = 1  # branches would draw their own dropout masks
 train.run(c, sys.argv[1])
 losses = [r["train/loss"] for r in map(json.loads, open(sys.argv[1] + "/metrics.jsonl"))
           if "train/loss" in r]
