@@ -98,12 +98,13 @@ def auto_branches(has_batch_norm: bool, examples: int, *, train: bool = True) ->
 
     XLA:CPU runs some kernels on one thread (a batched matmul's products one after another,
     e.g. attention over short sequences); independent sub-graphs over slices of the batch
-    let one slice's such kernels run beside another's. Only on a single CPU device: with
-    several (`parallel.cpu_devices`) each core already has its own slice, and accelerators
-    gain nothing. Training: 2 branches, and 1 with BatchNorm, which would then see
-    per-branch statistics. Inference: 4 (running statistics: exact for every model).
+    let one slice's such kernels run beside another's. Only when the whole run is one CPU
+    device: with several (`parallel.cpu_devices`, or processes) each core already has its
+    own slice, and accelerators gain nothing. Training: 2 branches, and 1 with BatchNorm,
+    which would then see per-branch statistics. Inference: 4 (running statistics: exact
+    for every model).
     """
-    if jax.default_backend() != "cpu" or jax.local_device_count() != 1:
+    if jax.default_backend() != "cpu" or jax.device_count() != 1:
         return 1
     b = (1 if has_batch_norm else 2) if train else 4
     return b if examples % b == 0 else 1
