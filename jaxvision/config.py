@@ -173,6 +173,8 @@ def shrink_for_smoke(config: ml_collections.ConfigDict) -> None:
     config.eval_every_steps = 0
     config.checkpoint_every_steps = 10
     config.dataset.shuffle_buffer = 1000
+    # 20 steps are compile-bound, and a branched step takes longer to compile.
+    config.parallel.batch_branches = 1
 
 
 def _suggest(key: str, known: list[str]) -> str:

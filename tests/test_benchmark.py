@@ -16,6 +16,7 @@ def test_command_line_prints_every_measurement_and_field():
         [
             "-m", "jaxvision.benchmark", "--config=configs/quickstart.py:smoke",
             "--config.dataset.name=digits", "--config.batch_size=16",
+            "--config.parallel.batch_branches=0",  # auto (smoke configs pin 1)
             "--what=peak,compile,train,infer,pipeline", "--steps=2", "--warmup=1",
             "--peak_size=64", "--label=test",
         ]
