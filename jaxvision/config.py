@@ -69,10 +69,10 @@ def base() -> ml_collections.ConfigDict:
     # CPU only: split the host into this many XLA devices (data parallel over the cores);
     # 0 = JAX's default (one device using every core). Ignored by GPU/TPU runs.
     c.parallel.cpu_devices = 0
-    # Split each (micro-)batch into this many independent halves of the train step's graph,
+    # Split each (micro-)batch into this many independent slices of the train step's graph,
     # which XLA:CPU can run side by side; 0 = auto (2 on a single CPU device for models
     # without BatchNorm, else 1). With BatchNorm, each branch normalises with its own
-    # statistics.
+    # statistics. (Forward passes pick theirs: `steps.auto_branches`.)
     c.parallel.batch_branches = 0
 
     c.optimizer, c.schedule = _optimizer_section(), _schedule_section()
