@@ -166,8 +166,7 @@ class Bench:
         )
         batch_sharding, replicated = parallel.batch_sharding(mesh), parallel.replicated(mesh)
         options = steps.StepOptions.from_config(config)
-        # As the step resolves `parallel.batch_branches=0` when it is traced.
-        self.branches = options.branches or steps.auto_branches(
+        self.branches = options.train_branches(
             bool(self.abstract_state.batch_stats), config.batch_size // config.grad_accum_steps
         )
         self.train_fn = jax.jit(

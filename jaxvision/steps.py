@@ -55,6 +55,10 @@ class StepOptions:
             skip_nonfinite=config.on_nonfinite == "skip",
         )
 
+    def train_branches(self, has_batch_norm: bool, examples: int) -> int:
+        """The branch count a train step on `examples` examples runs (0 resolved by auto)."""
+        return self.branches or auto_branches(has_batch_norm, examples)
+
 
 def init_state(
     model: nn.Module, tx: optax.GradientTransformation, seed: int, image_shape: tuple[int, ...]
@@ -136,7 +140,7 @@ def _grads(state, batch, dropout_rng, model, options):
         return jnp.mean(losses), (correct, updates.get("batch_stats", batch_stats))
 
     def loss_fn(params, batch_stats, mb, rng):
-        b = options.branches or auto_branches(has_bn, mb["image"].shape[0])
+        b = options.train_branches(has_bn, mb["image"].shape[0])
         if b == 1:
             return branch_loss(params, batch_stats, mb, rng)
         # Independent sub-graphs over equal slices of the batch: the mean of their means is
@@ -151,8 +155,7 @@ def _grads(state, batch, dropout_rng, model, options):
             )
             for i in range(b)
         ]
-        losses, (corrects, stats) = jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs), 0), *outs)
-        return losses, (corrects, stats)
+        return jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs), 0), *outs)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     k = options.accum_steps
