@@ -325,6 +325,7 @@ def _context(config) -> dict:
         "platform": jax.devices()[0].platform,
         "jax": jax.__version__,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
     }
 
 
@@ -407,4 +408,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    from jaxvision import host_memory
+
+    host_memory.reexec_with_huge_pages()
     app.run(main)

@@ -49,4 +49,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    from jaxvision import host_memory
+
+    host_memory.reexec_with_huge_pages()
     app.run(main)

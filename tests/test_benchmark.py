@@ -2,12 +2,13 @@
 
 import json
 import os
+import platform
 import subprocess
 import sys
 
 import pytest
 
-from jaxvision import benchmark
+from jaxvision import benchmark, host_memory
 from tests.conftest import REPO, run_cli
 
 
@@ -42,6 +43,12 @@ def test_command_line_prints_every_measurement_and_field():
     assert summary["gflops_per_img"] > 0 and summary["mfu"] > 0
     memory = records[5]
     assert memory["temp_gb"] is not None and memory["peak_rss_gb"] > 0
+    # The command re-executed itself with glibc's hugetlb tunable where that helps.
+    wanted = host_memory.huge_page_environment(
+        dict(os.environ), platform.libc_ver(), host_memory._thp_mode()
+    )
+    if wanted is not None:
+        assert summary["glibc_tunables"] == wanted["GLIBC_TUNABLES"]
 
 
 def test_flops_per_image_do_not_depend_on_the_device_count():
