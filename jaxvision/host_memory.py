@@ -35,7 +35,9 @@ def _thp_mode(path: str = _THP_MODE_FILE) -> str:
     return text[start + 1 : end] if 0 <= start < end else ""
 
 
-def huge_page_environment(environ: dict[str, str], libc: tuple[str, str], thp_mode: str):
+def huge_page_environment(
+    environ: dict[str, str], libc: tuple[str, str], thp_mode: str
+) -> dict[str, str] | None:
     """`environ` with the hugetlb tunable added, or None when it is set or would not help."""
     name, version = libc
     if name != "glibc" or thp_mode != "madvise":
