@@ -1,0 +1,198 @@
+"""3x3 convolutions by Winograd's minimal filtering F(4x4, 3x3) where it is faster on CPU.
+
+A 3x3 stride-1 convolution computes each 4x4 block of outputs from a 6x6 input tile
+with 36 products per channel pair instead of 144 (Lavin & Gray, "Fast Algorithms for
+Convolutional Neural Networks", 2016): the tiles and the kernel are transformed by small
+constant matrices, multiplied as 36 independent [tiles, C] x [C, K] matmuls, and
+transformed back. The same function up to fp32 round-off: about 1e-5 of the largest
+output, where the direct convolution is at 1e-6 (tests/test_winograd.py); the kernel
+keeps its [3, 3, C, K] layout, so parameters and checkpoints do not change.
+
+Eigen's direct convolutions already run near the CPU's matmul peak, so the fewer
+products pay only where the transforms (memory-bound passes over 2.25x the input) are
+small beside them: from 128 channels on, with at least 128 tiles per matmul and more
+than one tile per image. Single layers, batch 32, min of 20 interleaved calls on the
+2-core AMD EPYC of docs/performance.md (direct -> Winograd): 16x16x128 12.5 -> 7.3 ms,
+8x8x256 12.1 -> 7.5 ms; but 32x32x64 14.0 -> 12.7 (median slower) and 4x4x512 12.0 ->
+33.3. Everywhere else, and on GPU and TPU (whose libraries choose their own algorithms),
+this is `lax.conv_general_dilated`.
+"""
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+# F(4x4, 3x3) on the points 0, +-1, +-2 and infinity: input transform B^T (6x6), kernel
+# transform G (6x3), output transform A^T (4x6).
+_BT = np.array(
+    [
+        [4, 0, -5, 0, 1, 0],
+        [0, -4, -4, 1, 1, 0],
+        [0, 4, -4, -1, 1, 0],
+        [0, -2, -1, 2, 1, 0],
+        [0, 2, -1, -2, 1, 0],
+        [0, 4, 0, -5, 0, 1],
+    ],
+    np.float32,
+)
+_G = np.array(
+    [
+        [1 / 4, 0, 0],
+        [-1 / 6, -1 / 6, -1 / 6],
+        [-1 / 6, 1 / 6, -1 / 6],
+        [1 / 24, 1 / 12, 1 / 6],
+        [1 / 24, -1 / 12, 1 / 6],
+        [0, 0, 1],
+    ],
+    np.float32,
+)
+_AT = np.array(
+    [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]],
+    np.float32,
+)
+_TILE, _OUT = _BT.shape[0], _AT.shape[0]  # 6x6 input tiles, 4x4 output blocks
+
+# Below these, Eigen's direct convolution was as fast or faster (timings above).
+MIN_CHANNELS = 128
+MIN_TILES = 128
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+# Both tile axes at once: (B^T x B^T) maps a flattened 6x6 tile to its 36 transformed
+# values, (A^T x A^T) 36 products to a flattened 4x4 block. As matmuls, the transforms
+# read each value once; written as sums of slices, XLA fused them with the ops around
+# them and recomputed those for every tap (ResNet-18 inference gained nothing).
+_BT2 = np.kron(_BT, _BT)
+_AT2 = np.kron(_AT, _AT)
+
+
+def _input_transform(x: jnp.ndarray, precision: Any) -> jnp.ndarray:
+    """[N, H, W, C] -> [36, N*H/4*W/4, C]: B^T d B of every 6x6 tile (stride 4, pad 1)."""
+    n, h, w, c = x.shape
+    th, tw = h // _OUT, w // _OUT
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    # Element (a, b) of every tile: xp[n, 4i + a, 4j + b, c].
+    d = jnp.stack(
+        [
+            xp[:, a : a + _OUT * th : _OUT, b : b + _OUT * tw : _OUT, :]
+            for a in range(_TILE)
+            for b in range(_TILE)
+        ]
+    )
+    v = jnp.matmul(_BT2, d.reshape(_TILE**2, -1), precision=precision)
+    return v.reshape(_TILE**2, n * th * tw, c)
+
+
+def _output_transform(m: jnp.ndarray, n: int, h: int, w: int, precision: Any) -> jnp.ndarray:
+    """[36, N*H/4*W/4, K] -> [N, H, W, K]: A^T M A of every tile, blocks back in place."""
+    th, tw, k = h // _OUT, w // _OUT, m.shape[-1]
+    y = jnp.matmul(_AT2, m.reshape(_TILE**2, -1), precision=precision)
+    y = y.reshape(_OUT, _OUT, n, th, tw, k).transpose(2, 3, 0, 4, 1, 5)
+    return y.reshape(n, h, w, k)
+
+
+def _winograd(x: jnp.ndarray, kernel: jnp.ndarray, precision: Any) -> jnp.ndarray:
+    n, h, w, _ = x.shape
+    u = jnp.einsum("ai,ijck,bj->abck", _G, kernel, _G, precision=precision)
+    u = u.reshape(_TILE * _TILE, *kernel.shape[2:])
+    m = jnp.einsum("tpc,tck->tpk", _input_transform(x, precision), u, precision=precision)
+    return _output_transform(m, n, h, w, precision)
+
+
+def _direct(x: jnp.ndarray, kernel: jnp.ndarray, precision: Any) -> jnp.ndarray:
+    return lax.conv_general_dilated(
+        x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=_NHWC, precision=precision
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def winograd_conv3x3(x: jnp.ndarray, kernel: jnp.ndarray, precision: Any = None) -> jnp.ndarray:
+    """SAME 3x3 stride-1 convolution of NHWC `x` (H, W multiples of 4), HWIO `kernel`.
+
+    Only the forward pass is Winograd's; its gradients are the direct convolution's. With
+    Winograd's own backward pass (transposed transforms, a weight gradient contracted over
+    the tiles) the ResNet-18 train step ran about 0.95x, and it keeps the transformed
+    input, 4x the size of `x`, where this keeps only `x`.
+    """
+    return _winograd(x, kernel, precision)
+
+
+def _forward(x: jnp.ndarray, kernel: jnp.ndarray, precision: Any) -> tuple:
+    return _winograd(x, kernel, precision), (x, kernel)
+
+
+def _backward(precision: Any, saved: tuple, grad: jnp.ndarray) -> tuple:
+    _, vjp = jax.vjp(lambda x, kernel: _direct(x, kernel, precision), *saved)
+    return vjp(grad)
+
+
+winograd_conv3x3.defvjp(_forward, _backward)
+
+
+def is_faster(x_shape: Sequence[int], kernel_shape: Sequence[int], dtype: Any) -> bool:
+    """Whether `winograd_conv3x3` is this platform's faster choice for these shapes."""
+    n, h, w, c = x_shape
+    return (
+        jax.default_backend() == "cpu"
+        and jnp.dtype(dtype) == jnp.float32
+        and tuple(kernel_shape[:2]) == (3, 3)
+        and h % _OUT == 0
+        and w % _OUT == 0
+        # One tile per image (4x4 maps) was slower even with many images.
+        and min(h, w) > _OUT
+        and min(c, kernel_shape[3]) >= MIN_CHANNELS
+        and n * h * w // _OUT**2 >= MIN_TILES
+    )
+
+
+def conv_general_dilated(
+    lhs: jnp.ndarray,
+    rhs: jnp.ndarray,
+    window_strides: Sequence[int],
+    padding: Any,
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: Any = None,
+    feature_group_count: int = 1,
+    precision: Any = None,
+    **kwargs: Any,
+) -> jnp.ndarray:
+    """`lax.conv_general_dilated`, by Winograd for the 3x3 convolutions where that is faster.
+
+    A drop-in for `nn.Conv(conv_general_dilated=...)`: any other convolution (strided,
+    dilated, grouped, other padding or layout) goes to lax unchanged.
+    """
+    plain = (
+        tuple(window_strides) == (1, 1)
+        and _same_3x3(padding)
+        and all(d == 1 for d in (lhs_dilation or (1, 1)))
+        and all(d == 1 for d in (rhs_dilation or (1, 1)))
+        and feature_group_count == 1
+        and not kwargs
+        and lhs.ndim == 4
+        and dimension_numbers == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+    )
+    if plain and is_faster(lhs.shape, rhs.shape, lhs.dtype):
+        return winograd_conv3x3(lhs, rhs, precision)
+    return lax.conv_general_dilated(
+        lhs,
+        rhs,
+        window_strides,
+        padding,
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count,
+        precision=precision,
+        **kwargs,
+    )
+
+
+def _same_3x3(padding: Any) -> bool:
+    return not isinstance(padding, str) and [tuple(p) for p in padding] == [(1, 1), (1, 1)]
