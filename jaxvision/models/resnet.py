@@ -32,11 +32,7 @@ def _pad(k: int) -> tuple[tuple[int, int], tuple[int, int]]:
 
 
 def _block_conv(dtype: Dtype, use_winograd: bool) -> Any:
-    """The blocks' bias-free conv; 3x3 ones by Winograd where that is faster (winograd.py).
-
-    Only in eval mode: in the train step (batch 128, ResNet-18) the Winograd forward pass
-    ran 0.97x, the convolutions' share of it being smaller beside the backward pass.
-    """
+    """The blocks' bias-free conv; 3x3 ones by Winograd where that is faster (winograd.py)."""
     return partial(
         nn.Conv,
         use_bias=False,
@@ -58,7 +54,7 @@ class BasicBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
         """Applies the block to NHWC features."""
-        conv = _block_conv(self.dtype, self.winograd and not train)
+        conv = _block_conv(self.dtype, self.winograd)
         norm = partial(
             nn.BatchNorm,
             use_running_average=not train,
@@ -86,7 +82,7 @@ class BottleneckBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
         """Applies the block to NHWC features."""
-        conv = _block_conv(self.dtype, self.winograd and not train)
+        conv = _block_conv(self.dtype, self.winograd)
         norm = partial(
             nn.BatchNorm,
             use_running_average=not train,
@@ -120,8 +116,8 @@ class ResNet(nn.Module):
     width: float = 1.0
     stem: str = "imagenet"
     dtype: Dtype = jnp.float32
-    # Eval-mode 3x3 convs by Winograd where faster (models/winograd.py); False: every conv
-    # is lax's direct convolution. The same function either way, for comparisons.
+    # 3x3 convs (and their input gradients) by Winograd where faster (models/winograd.py);
+    # False: every conv is lax's direct convolution. The same function up to round-off.
     winograd: bool = True
 
     def __post_init__(self) -> None:

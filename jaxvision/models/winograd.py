@@ -115,10 +115,11 @@ def _direct(x: jnp.ndarray, kernel: jnp.ndarray, precision: Any) -> jnp.ndarray:
 def winograd_conv3x3(x: jnp.ndarray, kernel: jnp.ndarray, precision: Any = None) -> jnp.ndarray:
     """SAME 3x3 stride-1 convolution of NHWC `x` (H, W multiples of 4), HWIO `kernel`.
 
-    Only the forward pass is Winograd's; its gradients are the direct convolution's. With
-    Winograd's own backward pass (transposed transforms, a weight gradient contracted over
-    the tiles) the ResNet-18 train step ran about 0.95x, and it keeps the transformed
-    input, 4x the size of `x`, where this keeps only `x`.
+    The input gradient is again this convolution (by Winograd where faster); the kernel
+    gradient is the direct convolution's. Differentiating the Winograd forward instead
+    (transposed transforms, a kernel gradient contracted over the tiles) made the
+    ResNet-18 train step slower, about 0.95x, and would keep the transformed input where
+    this keeps only `x`.
     """
     return _winograd(x, kernel, precision)
 
@@ -128,8 +129,13 @@ def _forward(x: jnp.ndarray, kernel: jnp.ndarray, precision: Any) -> tuple:
 
 
 def _backward(precision: Any, saved: tuple, grad: jnp.ndarray) -> tuple:
-    _, vjp = jax.vjp(lambda x, kernel: _direct(x, kernel, precision), *saved)
-    return vjp(grad)
+    x, kernel = saved
+    # The input gradient of a SAME 3x3 stride-1 conv is the same conv of the output
+    # gradient with the kernel flipped in space and its in/out channels swapped.
+    flipped = kernel[::-1, ::-1].swapaxes(2, 3)
+    conv = _winograd if is_faster(grad.shape, flipped.shape, grad.dtype) else _direct
+    _, kernel_vjp = jax.vjp(lambda kernel: _direct(x, kernel, precision), kernel)
+    return conv(grad, flipped, precision), kernel_vjp(grad)[0]
 
 
 winograd_conv3x3.defvjp(_forward, _backward)
