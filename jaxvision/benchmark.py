@@ -217,7 +217,7 @@ class Bench:
         traced = time.perf_counter()
         self.compiled_train = lowered.compile()
         done = time.perf_counter()
-        flops = self._unrolled_flops() or xla_flops(lowered)
+        flops = self._model_flops() or xla_flops(lowered)
         return {
             "measurement": "compile",
             "trace_s": round(traced - start, 3),
@@ -226,18 +226,24 @@ class Bench:
             "gflops_per_img": round(flops / 1e9 / self.config.batch_size, 4),
         }
 
-    def _unrolled_flops(self) -> float:
-        """FLOPs of the step with `scan` off (0 if it is already off).
+    def _model_flops(self) -> float:
+        """FLOPs of the step as written, with `scan` and `winograd` off (0 if both are off).
 
         XLA's cost analysis counts a while loop's body once, not once per iteration, so a
-        scanned model would report 1/depth of its matmul FLOPs; lowering (no compile) the
-        unrolled twin gives the true count.
+        scanned model would report 1/depth of its matmul FLOPs; and it counts a Winograd
+        convolution's (4x fewer) products, where MFU counts the model's. Lowering (no
+        compile) the plain twin gives the model's count.
         """
-        if not self.config.model.get("scan", False):
+        scan = self.config.model.get("scan", False)
+        winograd = getattr(self.model, "winograd", False)  # a ResNet field, on by default
+        if not (scan or winograd):
             return 0.0
         config = self.config.copy_and_resolve_references()
         config.unlock()
-        config.model.scan = False
+        if scan:
+            config.model.scan = False
+        if winograd:
+            config.model.winograd = False
         twin = Bench(config, materialize=False)
         from jaxvision.models.summary import xla_flops
 

@@ -107,6 +107,30 @@ def test_compile_alone_initialises_no_parameters(monkeypatch):
     assert records[-1]["train_img_per_s"] is None
 
 
+def test_flops_per_image_are_the_models_with_winograd_convolutions():
+    # XLA counts a Winograd conv's 4x fewer products; MFU is against the model's FLOPs.
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    try:
+        import peer_configs
+    finally:
+        sys.path.pop(0)
+    gflops = {}
+    for winograd in (True, False):
+        config = peer_configs.get_config("resnet18_cifar")
+        config.unlock()
+        config.batch_size = 16  # stage 2's convs: 16x16x128, 256 tiles (Winograd)
+        config.model.winograd = winograd
+        bench = benchmark.Bench(config, materialize=False)
+        gflops[winograd] = bench.compile()["gflops_per_img"]
+        if winograd:
+            from jaxvision.models.summary import xla_flops
+
+            lowered = bench.train_fn.lower(bench.abstract_state, bench.abstract_batch)
+            counted = xla_flops(lowered) / 1e9 / config.batch_size
+    assert gflops[True] == pytest.approx(gflops[False], rel=1e-6)
+    assert counted < 0.95 * gflops[False]  # the Winograd step itself counts fewer
+
+
 def test_unknown_measurement_is_an_error():
     with pytest.raises(ValueError, match="Unknown --what"):
         list(benchmark.run(_tiny_vit_config(False), ["train", "tarin"]))
