@@ -70,14 +70,20 @@ def test_flops_per_image_do_not_depend_on_the_device_count():
     assert gflops[0] > 0 and gflops[1] == pytest.approx(gflops[0], rel=1e-3)
 
 
-def _tiny_vit_config(scan: bool):
+def _peer_config(name: str):
+    """An unlocked config of benchmarks/peer_configs.py."""
     sys.path.insert(0, os.path.join(REPO, "benchmarks"))
     try:
         import peer_configs
     finally:
         sys.path.pop(0)
-    config = peer_configs.get_config("vit_ti4_cifar")
+    config = peer_configs.get_config(name)
     config.unlock()
+    return config
+
+
+def _tiny_vit_config(scan: bool):
+    config = _peer_config("vit_ti4_cifar")
     config.model.update(depth=2, hidden_size=32, num_heads=2, mlp_dim=64, scan=scan)
     config.batch_size = 4
     return config
@@ -109,15 +115,9 @@ def test_compile_alone_initialises_no_parameters(monkeypatch):
 
 def test_flops_per_image_are_the_models_with_winograd_convolutions():
     # XLA counts a Winograd conv's 4x fewer products; MFU is against the model's FLOPs.
-    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
-    try:
-        import peer_configs
-    finally:
-        sys.path.pop(0)
     gflops = {}
     for winograd in (True, False):
-        config = peer_configs.get_config("resnet18_cifar")
-        config.unlock()
+        config = _peer_config("resnet18_cifar")
         config.batch_size = 16  # stage 2's convs: 16x16x128, 256 tiles (Winograd)
         config.model.winograd = winograd
         bench = benchmark.Bench(config, materialize=False)

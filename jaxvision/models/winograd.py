@@ -11,11 +11,11 @@ keeps its [3, 3, C, K] layout, so parameters and checkpoints do not change.
 Eigen's direct convolutions already run near the CPU's matmul peak, so the fewer
 products pay only where the transforms (memory-bound passes over 2.25x the input) are
 small beside them: from 128 channels on, with at least 128 tiles per matmul and more
-than one tile per image. Single layers, batch 32, min of 20 interleaved calls on the
-2-core AMD EPYC of docs/performance.md (direct -> Winograd): 16x16x128 12.5 -> 7.3 ms,
-8x8x256 12.1 -> 7.5 ms; but 32x32x64 14.0 -> 12.7 (median slower) and 4x4x512 12.0 ->
-33.3. Everywhere else, and on GPU and TPU (whose libraries choose their own algorithms),
-this is `lax.conv_general_dilated`.
+than one tile per image. Single layers after a BatchNorm and ReLU, batch 32, min of 20
+interleaved calls on the 2-core AMD EPYC of docs/performance.md (direct -> Winograd):
+16x16x128 12.0 -> 6.8 ms, 8x8x256 11.9 -> 7.0 ms; but 32x32x64 15.5 -> 17.7, and 4x4x512
+(one tile per image) 12.0 -> 33.3 in an earlier form. Everywhere else, and on GPU and TPU
+(whose libraries choose their own algorithms), this is `lax.conv_general_dilated`.
 """
 
 import functools
