@@ -36,15 +36,31 @@ def test_matches_direct_convolution(shape, k):
     np.testing.assert_allclose(got, want, rtol=0, atol=5e-5 * float(jnp.max(jnp.abs(want))))
 
 
-@pytest.mark.parametrize("shape", [(2, 8, 4, 3), (8, 16, 16, 128)])
+@pytest.mark.parametrize(
+    "shape",
+    [
+        (2, 8, 4, 3),  # all direct
+        (2, 8, 8, 32),  # direct forward and input gradient, Winograd kernel gradient
+        (8, 16, 16, 128),  # all three by Winograd
+    ],
+)
 def test_gradients_match_the_direct_convolutions(shape):
-    # The second shape takes the Winograd path for the input gradient as well.
     x, kernel = _inputs(shape, shape[-1], seed=1)
     cotangent = jnp.asarray(np.random.default_rng(2).standard_normal(x.shape, np.float32))
-    got = jax.vjp(winograd.winograd_conv3x3, x, kernel)[1](cotangent)
+    got = jax.vjp(winograd.conv3x3, x, kernel)[1](cotangent)
     want = jax.vjp(_direct, x, kernel)[1](cotangent)
     for g, w in zip(got, want):
-        np.testing.assert_allclose(g, w, atol=5e-5 * float(jnp.max(jnp.abs(w))))
+        np.testing.assert_allclose(g, w, rtol=0, atol=5e-5 * float(jnp.max(jnp.abs(w))))
+
+
+@pytest.mark.parametrize("shape,k", [((3, 4, 12, 5), 7), ((2, 8, 8, 16), 3)])
+def test_kernel_gradient_matches_the_direct_convolutions(shape, k):
+    x, kernel = _inputs(shape, k, seed=3)
+    grad = jnp.asarray(np.random.default_rng(4).standard_normal((*shape[:3], k), np.float32))
+    got = jax.jit(winograd.winograd_kernel_gradient)(x, grad)
+    want = jax.vjp(lambda kernel: _direct(x, kernel), kernel)[1](grad)[0]
+    assert got.shape == kernel.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=5e-5 * float(jnp.max(jnp.abs(want))))
 
 
 def test_dispatch_rule():
@@ -56,6 +72,13 @@ def test_dispatch_rule():
     assert not winograd.is_faster((64, 4, 4, 512), (3, 3, 512, 512), jnp.float32)  # 1 tile
     assert not winograd.is_faster(big, (3, 3, 128, 128), jnp.bfloat16)
     assert not winograd.is_faster(big, (1, 1, 128, 128), jnp.float32)
+    # The kernel gradient pays from 32 channels, at any tile count.
+    kernel_rule = winograd.kernel_gradient_is_faster
+    assert kernel_rule((64, 4, 4, 512), (3, 3, 512, 512), jnp.float32)
+    assert kernel_rule((2, 8, 8, 32), (3, 3, 32, 64), jnp.float32)
+    assert not kernel_rule((128, 32, 32, 3), (3, 3, 3, 64), jnp.float32)  # a stem
+    assert not kernel_rule((8, 14, 16, 128), (3, 3, 128, 128), jnp.float32)  # H % 4
+    assert not kernel_rule(big, (3, 3, 128, 128), jnp.bfloat16)
 
 
 def _uses_conv(fn, *args) -> bool:
@@ -104,7 +127,22 @@ def test_resnet_is_the_same_function_with_and_without_winograd():
     got = jax.jit(lambda v, x: fast.apply(v, x, train=False))(variables, x)
     want = jax.jit(lambda v, x: plain.apply(v, x, train=False))(variables, x)
     np.testing.assert_allclose(got, want, atol=1e-4 * float(jnp.max(jnp.abs(want))))
-    # Train mode (batch statistics) uses it too.
-    got, _ = fast.apply(variables, x, train=True, mutable=["batch_stats"])
-    want, _ = plain.apply(variables, x, train=True, mutable=["batch_stats"])
+
+    # Train mode (batch statistics) uses it too, and so do the gradients: stage 1's kernel
+    # gradients (64 channels) and stage 2's convs and both of their gradients.
+    def loss(model, params):
+        logits, _ = model.apply(
+            {**variables, "params": params}, x, train=True, mutable=["batch_stats"]
+        )
+        return jnp.mean(logits**2), logits
+
+    (_, got), got_grads = jax.value_and_grad(functools.partial(loss, fast), has_aux=True)(
+        variables["params"]
+    )
+    (_, want), want_grads = jax.value_and_grad(functools.partial(loss, plain), has_aux=True)(
+        variables["params"]
+    )
     np.testing.assert_allclose(got, want, atol=1e-4 * float(jnp.max(jnp.abs(want))))
+    for path, g in jax.tree_util.tree_leaves_with_path(got_grads):
+        w = functools.reduce(lambda tree, key: tree[key.key], path, want_grads)
+        assert float(jnp.max(jnp.abs(g - w))) <= 1e-3 * float(jnp.max(jnp.abs(w))) + 1e-7, path

@@ -116,7 +116,7 @@ class ResNet(nn.Module):
     width: float = 1.0
     stem: str = "imagenet"
     dtype: Dtype = jnp.float32
-    # 3x3 convs (and their input gradients) by Winograd where faster (models/winograd.py);
+    # 3x3 convs and their gradients by Winograd where faster (models/winograd.py);
     # False: every conv is lax's direct convolution. The same function up to round-off.
     winograd: bool = True
 

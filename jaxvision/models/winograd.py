@@ -14,8 +14,16 @@ small beside them: from 128 channels on, with at least 128 tiles per matmul and 
 than one tile per image. Single layers after a BatchNorm and ReLU, batch 32, min of 20
 interleaved calls on the 2-core AMD EPYC of docs/performance.md (direct -> Winograd):
 16x16x128 12.0 -> 6.8 ms, 8x8x256 11.9 -> 7.0 ms; but 32x32x64 15.5 -> 17.7, and 4x4x512
-(one tile per image) 12.0 -> 33.3 in an earlier form. Everywhere else, and on GPU and TPU
-(whose libraries choose their own algorithms), this is `lax.conv_general_dilated`.
+(one tile per image) 12.0 -> 33.3 in an earlier form.
+
+The kernel gradient (a correlation of the input with the output gradient) by Winograd
+is 36 [C, tiles] x [tiles, K] matmuls, a tile per 16 positions, instead of 9 [C,
+positions] x [positions, K]. It paid at every shape tried from 32 channels (batch 128
+unless given, min of 12 interleaved calls, direct -> Winograd): 32x32x64 264-269 ->
+139-156 ms (three runs), 16x16x128 150 -> 66, 8x8x256 104 -> 47, 4x4x512 72 -> 55, 8x8x32
+2.7 -> 2.2; batch 32: 56x56x64 179 -> 122, 28x28x128 66 -> 50; but not for a 3-channel
+stem (32x32, 64 filters: 32 -> 58). Everywhere else, and on GPU and TPU (whose libraries
+choose their own algorithms), this is `lax.conv_general_dilated`.
 """
 
 import functools
@@ -60,6 +68,9 @@ _TILE, _OUT = _BT.shape[0], _AT.shape[0]  # 6x6 input tiles, 4x4 output blocks
 # Below these, Eigen's direct convolution was as fast or faster (timings above).
 MIN_CHANNELS = 128
 MIN_TILES = 128
+# The kernel gradient was faster by Winograd at every shape tried from 32 channels on
+# (module docstring); with 3 input channels (a stem) the transforms cost more than they save.
+KERNEL_GRADIENT_MIN_CHANNELS = 32
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -97,12 +108,33 @@ def _output_transform(m: jnp.ndarray, n: int, h: int, w: int, precision: Any) ->
     return y.reshape(n, h, w, k)
 
 
-def _winograd(x: jnp.ndarray, kernel: jnp.ndarray, precision: Any) -> jnp.ndarray:
+def winograd_conv3x3(x: jnp.ndarray, kernel: jnp.ndarray, precision: Any = None) -> jnp.ndarray:
+    """SAME 3x3 stride-1 convolution of NHWC `x` (H, W multiples of 4), HWIO `kernel`."""
     n, h, w, _ = x.shape
     u = jnp.einsum("ai,ijck,bj->abck", _G, kernel, _G, precision=precision)
     u = u.reshape(_TILE * _TILE, *kernel.shape[2:])
     m = jnp.einsum("tpc,tck->tpk", _input_transform(x, precision), u, precision=precision)
     return _output_transform(m, n, h, w, precision)
+
+
+def winograd_kernel_gradient(
+    x: jnp.ndarray, grad: jnp.ndarray, precision: Any = None
+) -> jnp.ndarray:
+    """Gradient for the HWIO kernel of `winograd_conv3x3(x, kernel)` given the output's `grad`.
+
+    The forward pass is Y = A^T [(G g G^T) * (B^T d B)] A per tile, so the kernel's
+    gradient is G^T [sum over tiles of (B^T d B) * (A dY A^T)] G: 36 [C, tiles] x
+    [tiles, K] matmuls where the direct convolution's takes 9 over 16x as many positions.
+    """
+    n, h, w, c = x.shape
+    th, tw, k = h // _OUT, w // _OUT, grad.shape[-1]
+    v = _input_transform(x, precision)  # [36, tiles, C]
+    # Every 4x4 block of the output gradient flattened, then A dY A^T: [36, tiles, K].
+    blocks = grad.reshape(n, th, _OUT, tw, _OUT, k).transpose(2, 4, 0, 1, 3, 5)
+    dm = jnp.matmul(_AT2.T, blocks.reshape(_OUT**2, -1), precision=precision)
+    du = jnp.einsum("tpc,tpk->tck", v, dm.reshape(_TILE**2, n * th * tw, k), precision=precision)
+    du = du.reshape(_TILE, _TILE, c, k)
+    return jnp.einsum("ai,abck,bj->ijck", _G, du, _G, precision=precision)
 
 
 def _direct(x: jnp.ndarray, kernel: jnp.ndarray, precision: Any) -> jnp.ndarray:
@@ -111,49 +143,71 @@ def _direct(x: jnp.ndarray, kernel: jnp.ndarray, precision: Any) -> jnp.ndarray:
     )
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def winograd_conv3x3(x: jnp.ndarray, kernel: jnp.ndarray, precision: Any = None) -> jnp.ndarray:
-    """SAME 3x3 stride-1 convolution of NHWC `x` (H, W multiples of 4), HWIO `kernel`.
+def _conv(x: jnp.ndarray, kernel: jnp.ndarray, precision: Any) -> jnp.ndarray:
+    faster = is_faster(x.shape, kernel.shape, x.dtype)
+    return (winograd_conv3x3 if faster else _direct)(x, kernel, precision)
 
-    The input gradient is again this convolution (by Winograd where faster); the kernel
-    gradient is the direct convolution's. Differentiating the Winograd forward instead
-    (transposed transforms, a kernel gradient contracted over the tiles) made the
-    ResNet-18 train step slower, about 0.95x, and would keep the transformed input where
-    this keeps only `x`.
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv3x3(x: jnp.ndarray, kernel: jnp.ndarray, precision: Any = None) -> jnp.ndarray:
+    """SAME 3x3 stride-1 NHWC convolution; the forward pass, the input gradient and the
+    kernel gradient each by Winograd where that is faster (`is_faster`,
+    `kernel_gradient_is_faster`), else by the direct convolution.
+
+    Only `x` and `kernel` are kept for the backward pass, as for the direct convolution.
+    Letting JAX differentiate the Winograd forward instead (transforms written as sums of
+    slices at the time) made the ResNet-18 train step slower, about 0.95x.
     """
-    return _winograd(x, kernel, precision)
+    return _conv(x, kernel, precision)
 
 
 def _forward(x: jnp.ndarray, kernel: jnp.ndarray, precision: Any) -> tuple:
-    return _winograd(x, kernel, precision), (x, kernel)
+    return _conv(x, kernel, precision), (x, kernel)
 
 
 def _backward(precision: Any, saved: tuple, grad: jnp.ndarray) -> tuple:
     x, kernel = saved
     # The input gradient of a SAME 3x3 stride-1 conv is the same conv of the output
     # gradient with the kernel flipped in space and its in/out channels swapped.
-    flipped = kernel[::-1, ::-1].swapaxes(2, 3)
-    conv = _winograd if is_faster(grad.shape, flipped.shape, grad.dtype) else _direct
+    grad_x = _conv(grad, kernel[::-1, ::-1].swapaxes(2, 3), precision)
+    if kernel_gradient_is_faster(x.shape, kernel.shape, x.dtype):
+        return grad_x, winograd_kernel_gradient(x, grad, precision)
     _, kernel_vjp = jax.vjp(lambda kernel: _direct(x, kernel, precision), kernel)
-    return conv(grad, flipped, precision), kernel_vjp(grad)[0]
+    return grad_x, kernel_vjp(grad)[0]
 
 
-winograd_conv3x3.defvjp(_forward, _backward)
+conv3x3.defvjp(_forward, _backward)
 
 
-def is_faster(x_shape: Sequence[int], kernel_shape: Sequence[int], dtype: Any) -> bool:
-    """Whether `winograd_conv3x3` is this platform's faster choice for these shapes."""
-    n, h, w, c = x_shape
+def _cpu_fp32_3x3_by_4(x_shape: Sequence[int], kernel_shape: Sequence[int], dtype: Any) -> bool:
     return (
         jax.default_backend() == "cpu"
         and jnp.dtype(dtype) == jnp.float32
         and tuple(kernel_shape[:2]) == (3, 3)
-        and h % _OUT == 0
-        and w % _OUT == 0
+        and x_shape[1] % _OUT == 0
+        and x_shape[2] % _OUT == 0
+    )
+
+
+def is_faster(x_shape: Sequence[int], kernel_shape: Sequence[int], dtype: Any) -> bool:
+    """Whether `winograd_conv3x3` is this platform's faster forward pass for these shapes."""
+    n, h, w, c = x_shape
+    return (
+        _cpu_fp32_3x3_by_4(x_shape, kernel_shape, dtype)
         # One tile per image (4x4 maps) was slower even with many images.
         and min(h, w) > _OUT
         and min(c, kernel_shape[3]) >= MIN_CHANNELS
         and n * h * w // _OUT**2 >= MIN_TILES
+    )
+
+
+def kernel_gradient_is_faster(
+    x_shape: Sequence[int], kernel_shape: Sequence[int], dtype: Any
+) -> bool:
+    """Whether `winograd_kernel_gradient` is this platform's faster kernel gradient."""
+    return (
+        _cpu_fp32_3x3_by_4(x_shape, kernel_shape, dtype)
+        and min(x_shape[3], kernel_shape[3]) >= KERNEL_GRADIENT_MIN_CHANNELS
     )
 
 
@@ -184,8 +238,11 @@ def conv_general_dilated(
         and lhs.ndim == 4
         and dimension_numbers == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
     )
-    if plain and is_faster(lhs.shape, rhs.shape, lhs.dtype):
-        return winograd_conv3x3(lhs, rhs, precision)
+    if plain and (
+        is_faster(lhs.shape, rhs.shape, lhs.dtype)
+        or kernel_gradient_is_faster(lhs.shape, rhs.shape, lhs.dtype)
+    ):
+        return conv3x3(lhs, rhs, precision)
     return lax.conv_general_dilated(
         lhs,
         rhs,
