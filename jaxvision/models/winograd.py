@@ -150,10 +150,10 @@ def _conv(x: jnp.ndarray, kernel: jnp.ndarray, precision: Any) -> jnp.ndarray:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def conv3x3(x: jnp.ndarray, kernel: jnp.ndarray, precision: Any = None) -> jnp.ndarray:
-    """SAME 3x3 stride-1 NHWC convolution; the forward pass, the input gradient and the
-    kernel gradient each by Winograd where that is faster (`is_faster`,
-    `kernel_gradient_is_faster`), else by the direct convolution.
+    """SAME 3x3 stride-1 NHWC conv: forward, input and kernel gradient by Winograd where faster.
 
+    `is_faster` decides the forward pass and the input gradient (the same kind of conv),
+    `kernel_gradient_is_faster` the kernel gradient; the rest is the direct convolution.
     Only `x` and `kernel` are kept for the backward pass, as for the direct convolution.
     Letting JAX differentiate the Winograd forward instead (transforms written as sums of
     slices at the time) made the ResNet-18 train step slower, about 0.95x.
