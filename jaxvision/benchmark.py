@@ -403,8 +403,10 @@ def main(argv: list[str]) -> None:
     """Prints one JSON line per measurement, then the summary line."""
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    from jaxvision import console
+    from jaxvision import compile_cache, console
 
+    # Compile times are the measurement: never loaded from a cache set in the environment.
+    compile_cache.disable()
     if "profile" in _WHAT.value:
         # Per-op trace events; read when the CPU backend starts, so set before first use.
         flags_env = os.environ.get("XLA_FLAGS", "")

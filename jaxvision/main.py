@@ -6,6 +6,7 @@ the processes find each other; elsewhere pass --coordinator_address, --num_proce
 """
 
 import logging
+import os
 import sys
 
 from absl import app, flags
@@ -20,6 +21,12 @@ _COORDINATOR = flags.DEFINE_string(
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Number of processes (with coordinator).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process's index, 0..num_processes-1.")
+_COMPILATION_CACHE = flags.DEFINE_string(
+    "compilation_cache_dir",
+    None,
+    "Where compiled steps are kept for reruns and resumes; '' for none. Default: "
+    "$JAX_COMPILATION_CACHE_DIR if set, else ~/.cache/jaxvision/xla.",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -29,9 +36,16 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     import jax
 
-    from jaxvision import checkpoint, console, parallel, train
+    from jaxvision import checkpoint, compile_cache, console, parallel, train
 
     console.setup()
+    cache_dir = _COMPILATION_CACHE.value
+    if cache_dir is None:
+        cache_dir = os.environ.get("JAX_COMPILATION_CACHE_DIR", compile_cache.DEFAULT_DIR)
+    if cache_dir:
+        compile_cache.enable(cache_dir)
+    else:
+        compile_cache.disable()
     try:
         # Before process_index() below starts JAX; train.run's own call is for notebooks.
         parallel.set_cpu_devices(_CONFIG.value.parallel.cpu_devices)

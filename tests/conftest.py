@@ -3,8 +3,12 @@
 import os
 import subprocess
 import sys
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Compiled programs go to a cache of this session, never the user's ~/.cache; commands the
+# tests start share it, so reruns and resumes load their steps from it as users' do.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="jaxvision-xla-"))
 
 import pytest
 

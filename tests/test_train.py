@@ -144,6 +144,45 @@ def test_sigkill_then_rerun_ends_bitwise_equal_to_an_uninterrupted_run(smoke_con
     assert steps_logged == sorted(set(steps_logged))
 
 
+def test_a_rerun_loads_its_compiled_steps_from_the_cache_and_ends_bitwise_equal(
+    smoke_config, tmp_path
+):
+    cache = tmp_path / "cache"
+    args = [
+        "-m",
+        "jaxvision.main",
+        "--config=configs/quickstart.py:smoke",
+        "--config.dataset.name=digits",
+        "--config.num_train_steps=10",
+        f"--compilation_cache_dir={cache}",
+    ]
+    every_compile = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    first = run_cli([*args, f"--workdir={tmp_path / 'first'}"], env=every_compile)
+    assert first.returncode == 0, first.stderr[-3000:]
+
+    def compiled():  # entry -> when it was written (a compilation writes, a load does not)
+        return {e.name: e.stat().st_mtime_ns for e in cache.iterdir() if e.name.endswith("-cache")}
+
+    entries = compiled()
+    assert any(e.startswith("jit_train_step") for e in entries), entries
+    second = run_cli([*args, f"--workdir={tmp_path / 'second'}"], env=every_compile)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert compiled() == entries  # every program was loaded, none compiled anew
+    smoke_config.dataset.name = "digits"
+    smoke_config.num_train_steps = 10
+    a = _final_params(str(tmp_path / "first"), smoke_config)
+    b = _final_params(str(tmp_path / "second"), smoke_config)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+    # An empty directory turns the cache off.
+    off = run_cli(
+        [*args[:-1], "--compilation_cache_dir=", f"--workdir={tmp_path / 'off'}"],
+        env={**every_compile, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "unused")},
+    )
+    assert off.returncode == 0, off.stderr[-3000:]
+    assert not (tmp_path / "unused").exists()
+
+
 _LOSSES = """
 import json, sys
 import jax
