@@ -24,6 +24,7 @@ def enable(directory: str) -> None:
     """Caches every compilation of this process that takes a second or more in `directory`."""
     directory = os.path.expanduser(directory)
     os.makedirs(directory, exist_ok=True)
+    jax.config.update("jax_enable_compilation_cache", True)
     jax.config.update("jax_compilation_cache_dir", directory)
     if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)

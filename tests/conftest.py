@@ -6,11 +6,15 @@ import sys
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# Compiled programs go to a cache of this session, never the user's ~/.cache; commands the
-# tests start share it, so reruns and resumes load their steps from it as users' do.
+# Commands the tests start keep compiled programs in a cache of this session, never the
+# user's ~/.cache, so reruns and resumes load their steps from it as users' do. This process
+# caches nothing: its tests compile programs of their own that no later run would load.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="jaxvision-xla-"))
 
+import jax
 import pytest
+
+jax.config.update("jax_enable_compilation_cache", False)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
