@@ -9,6 +9,7 @@ jax/jaxlib versions and the devices, so a changed model or flag compiles afresh.
 """
 
 import os
+import warnings
 
 import jax
 
@@ -20,15 +21,25 @@ MAX_BYTES = 4 << 30
 MIN_COMPILE_SECONDS = 1.0
 
 
-def enable(directory: str) -> None:
-    """Caches every compilation of this process that takes a second or more in `directory`."""
+def enable(directory: str) -> bool:
+    """Caches every compilation of this process that takes a second or more in `directory`.
+
+    A directory that cannot be created (a read-only home, say) costs the cache, not the
+    run: a warning names it and this returns False.
+    """
     directory = os.path.expanduser(directory)
-    os.makedirs(directory, exist_ok=True)
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as e:
+        warnings.warn(f"No compilation cache: cannot create {directory!r} ({e}).", stacklevel=2)
+        disable()
+        return False
     jax.config.update("jax_enable_compilation_cache", True)
     jax.config.update("jax_compilation_cache_dir", directory)
     if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
     jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
+    return True
 
 
 def disable() -> None:
