@@ -42,6 +42,16 @@ def enable(directory: str) -> bool:
     return True
 
 
+def configure(directory: str | None) -> None:
+    """`directory`'s cache; None: $JAX_COMPILATION_CACHE_DIR or `DEFAULT_DIR`; "": none."""
+    if directory is None:
+        directory = os.environ.get("JAX_COMPILATION_CACHE_DIR", DEFAULT_DIR)
+    if directory:
+        enable(directory)
+    else:
+        disable()
+
+
 def disable() -> None:
     """No cache for this process (the benchmark measures compilation itself)."""
     jax.config.update("jax_enable_compilation_cache", False)

@@ -6,7 +6,6 @@ the processes find each other; elsewhere pass --coordinator_address, --num_proce
 """
 
 import logging
-import os
 import sys
 
 from absl import app, flags
@@ -39,13 +38,7 @@ def main(argv: list[str]) -> None:
     from jaxvision import checkpoint, compile_cache, console, parallel, train
 
     console.setup()
-    cache_dir = _COMPILATION_CACHE.value
-    if cache_dir is None:
-        cache_dir = os.environ.get("JAX_COMPILATION_CACHE_DIR", compile_cache.DEFAULT_DIR)
-    if cache_dir:
-        compile_cache.enable(cache_dir)
-    else:
-        compile_cache.disable()
+    compile_cache.configure(_COMPILATION_CACHE.value)
     try:
         # Before process_index() below starts JAX; train.run's own call is for notebooks.
         parallel.set_cpu_devices(_CONFIG.value.parallel.cpu_devices)
