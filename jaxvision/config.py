@@ -46,7 +46,7 @@ def base() -> ml_collections.ConfigDict:
     c.dataset.class_weighting = "none"  # "none" | "inverse" | "inverse_sqrt": batch["weight"]
     c.dataset.class_balanced_sampling = False  # every class equally often in training batches
     c.dataset.deterministic = True  # False: faster tf.data, but order not reproducible
-    c.dataset.parallel_calls = 0  # parallel map calls; 0 = tf.data.AUTOTUNE
+    c.dataset.parallel_calls = 0  # parallel map calls; 0 = one per thread
     c.dataset.threads = 0  # tf.data thread pool size; 0 = all cores
 
     c.batch_size = 128  # global, over all devices and processes

@@ -176,6 +176,23 @@ def test_non_deterministic_mode_streams_the_same_kind_of_batches():
     assert np.asarray(batch["image"]).shape == (4, 8, 8, 1)
 
 
+def test_streams_run_without_the_autotuner_at_one_map_call_per_thread(monkeypatch):
+    config = _config("digits")
+    info = data.prepare(config)
+    streams = [
+        data.train_stream(config, info),
+        data.eval_batches(config, info, parallel.make_mesh()).dataset,
+    ]
+    for ds in streams:
+        assert ds.options().autotune.enabled is False
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    assert data.map_parallelism(config) == 3
+    config.dataset.threads = 2
+    assert data.map_parallelism(config) == 2
+    config.dataset.parallel_calls = 5
+    assert data.map_parallelism(config) == 5
+
+
 def test_shapes_are_brighter_than_their_background_and_versioned():
     from jaxvision.data.builders import shapes as shapes_builder
     from jaxvision.data.shapes_render import render_shapes_with_masks
