@@ -244,3 +244,46 @@ def test_interleaved_ab_times_every_variant_and_names_a_bad_key():
     assert all(line["img_per_s"] > 0 and line["steps"] == 1 for line in lines)
     bad = subprocess.run([*base, "model.no_such_key=1"], capture_output=True, text=True, cwd=REPO)
     assert bad.returncode != 0 and "'model.no_such_key'" in bad.stderr
+
+
+def test_kernel_compile_cost_counts_shared_kernels_once():
+    """Same-shape ops compile to one kernel; each new shape is another (the script's count)."""
+    import jax
+    import jax.numpy as jnp
+
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    try:
+        import kernel_compile_cost
+    finally:
+        sys.path.pop(0)
+
+    def fn(*xs):
+        return [jnp.tanh(x) * 3.0 for x in xs]
+
+    same = [jax.ShapeDtypeStruct((5, 7), jnp.float32)] * 3
+    other = [jax.ShapeDtypeStruct((5 + i, 7), jnp.float32) for i in range(3)]
+    for args, distinct in ((same, 1), (other, 3)):
+        hlo = jax.jit(fn).lower(*args).compile().as_text()
+        assert kernel_compile_cost.distinct_kernels(hlo) == (3, distinct)
+
+
+def test_kernel_compile_cost_prints_every_field():
+    script = os.path.join(REPO, "benchmarks", "kernel_compile_cost.py")
+    out = subprocess.run(
+        [sys.executable, script, "--kernels=2,3"], capture_output=True, text=True, cwd=REPO
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [line["kernels"] for line in lines] == [2, 3]
+    for line in lines:
+        assert line["compile_s"] > 0 and line["cpu_ms_per_kernel"] > 0
+    step = subprocess.run(
+        [sys.executable, script, "--config=configs/quickstart.py:smoke",
+         "--set=dataset.name=digits;batch_size=8"],
+        capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert step.returncode == 0, step.stderr[-2000:]
+    (record,) = [json.loads(line) for line in step.stdout.splitlines()]
+    assert record["model"] == "cnn" and record["scan"] is False
+    assert 0 < record["distinct_kernels"] <= record["fusions"]
+    assert record["trace_s"] > 0 and record["compile_cpu_s"] > 0
