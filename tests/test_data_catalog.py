@@ -185,8 +185,11 @@ def test_streams_run_without_the_autotuner_at_one_map_call_per_thread(monkeypatc
     ]
     for ds in streams:
         assert ds.options().autotune.enabled is False
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
     assert data.map_parallelism(config) == 3
+    monkeypatch.delattr(os, "sched_getaffinity")  # macOS has no affinity call
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    assert data.map_parallelism(config) == 6
     config.dataset.threads = 2
     assert data.map_parallelism(config) == 2
     config.dataset.parallel_calls = 5
