@@ -54,39 +54,22 @@ def per_kernel_cost(count: int) -> dict:
     }
 
 
-def _computations(hlo: str) -> dict[str, list[str]]:
-    """Computation name -> its instruction lines, from an HLO module's text."""
-    blocks, current = {}, None
-    for line in hlo.splitlines():
-        header = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
-        if header:
-            current = blocks.setdefault(header.group(1), [])
-        elif line.startswith("}"):
-            current = None
-        elif current is not None:
-            current.append(line.strip())
-    return blocks
-
-
 def distinct_kernels(hlo: str) -> tuple[int, int]:
     """(fusion instructions, distinct fusion bodies) of an optimised HLO module's text."""
-    blocks = _computations(hlo)
-    bodies = set()
-    fusions = 0
-    for lines in blocks.values():
-        for line in lines:
-            called = re.search(r" fusion\(.*calls=%?([\w.\-]+)", line)
-            if not called:
-                continue
-            fusions += 1
-            body = blocks.get(called.group(1), [])
-            # Names and metadata differ between copies of the same kernel; shapes do not.
-            bodies.add(
-                "\n".join(
-                    re.sub(r", metadata=\{[^}]*\}", "", re.sub(r"%[\w.\-]+", "%v", b)) for b in body
-                )
-            )
-    return fusions, len(bodies)
+    from jaxvision import op_profile
+
+    instructions, _ = op_profile.parse_hlo(hlo)
+    bodies = op_profile.computation_lines(hlo)
+    fused = [called[0] for opcode, called in instructions.values() if opcode == "fusion" and called]
+    # Names and metadata differ between copies of the same kernel; shapes do not.
+    distinct = {
+        "\n".join(
+            re.sub(r", metadata=\{[^}]*\}", "", re.sub(r"%[\w.\-]+", "%v", line))
+            for line in bodies[c]
+        )
+        for c in fused
+    }
+    return len(fused), len(distinct)
 
 
 def step_kernels(config) -> dict:

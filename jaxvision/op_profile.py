@@ -44,6 +44,19 @@ def parse_hlo(text: str) -> tuple[dict, dict]:
     return instructions, computations
 
 
+def computation_lines(text: str) -> dict[str, list[str]]:
+    """{computation: its instruction lines, stripped} of an HLO module's text."""
+    lines, current = collections.defaultdict(list), None
+    for line in text.splitlines():
+        if m := _COMPUTATION.match(line):
+            current = m.group(1)
+        elif line.startswith("}"):
+            current = None
+        elif current is not None:
+            lines[current].append(line.strip())
+    return lines
+
+
 def category(name: str, instructions: dict, computations: dict) -> str:
     """The op category of one executed instruction."""
     opcode, called = instructions.get(name, ("unknown", []))
