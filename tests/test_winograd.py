@@ -130,19 +130,37 @@ def test_resnet_is_the_same_function_with_and_without_winograd():
 
     # Train mode (batch statistics) uses it too, and so do the gradients: stage 1's kernel
     # gradients (64 channels) and stage 2's convs and both of their gradients.
-    def loss(model, params):
+    def loss(model, params, images=x):
         logits, _ = model.apply(
-            {**variables, "params": params}, x, train=True, mutable=["batch_stats"]
+            {**variables, "params": params}, images, train=True, mutable=["batch_stats"]
         )
         return jnp.mean(logits**2), logits
 
-    (_, got), got_grads = jax.value_and_grad(functools.partial(loss, fast), has_aux=True)(
-        variables["params"]
-    )
-    (_, want), want_grads = jax.value_and_grad(functools.partial(loss, plain), has_aux=True)(
-        variables["params"]
-    )
+    grad = jax.jit(jax.value_and_grad(loss, argnums=1, has_aux=True), static_argnums=0)
+    (_, got), got_grads = grad(fast, variables["params"])
+    (_, want), want_grads = grad(plain, variables["params"])
     np.testing.assert_allclose(got, want, atol=1e-4 * float(jnp.max(jnp.abs(want))))
+    # How far apart two fp32 computations of one function may be is the network's own
+    # sensitivity, not a constant: train-mode BatchNorm over a batch of 8 turns a 1e-6
+    # change of the input into a 1e-4 change of some gradients, on any CPU. So the bound
+    # is the change of the direct network's gradients when its input moves by one
+    # Winograd convolution's relative error (measured here against float64).
+    delta = _relative_error_against_float64((8, 16, 16, 128))
+    noise = jax.random.normal(jax.random.key(7), x.shape)
+    _, moved_grads = grad(plain, variables["params"], x * (1 + delta * noise))
     for path, g in jax.tree_util.tree_leaves_with_path(got_grads):
-        w = functools.reduce(lambda tree, key: tree[key.key], path, want_grads)
-        assert float(jnp.max(jnp.abs(g - w))) <= 1e-3 * float(jnp.max(jnp.abs(w))) + 1e-7, path
+        w, m = (
+            functools.reduce(lambda t, k: t[k.key], path, tree)
+            for tree in (want_grads, moved_grads)
+        )
+        sensitivity = float(jnp.linalg.norm(m - w)) + 1e-7 * float(jnp.linalg.norm(w))
+        assert float(jnp.linalg.norm(g - w)) <= 4 * sensitivity, path
+
+
+def _relative_error_against_float64(shape: tuple[int, ...]) -> float:
+    """Winograd's relative error (Frobenius) on one conv of `shape`, against float64."""
+    x, kernel = _inputs(shape, shape[-1], seed=5)
+    got = np.asarray(winograd.winograd_conv3x3(x, kernel), np.float64)
+    with jax.enable_x64(True):
+        exact = np.asarray(_direct(np.asarray(x, np.float64), np.asarray(kernel, np.float64)))
+    return float(np.linalg.norm(got - exact) / np.linalg.norm(exact))
