@@ -11,8 +11,8 @@ Anchor: the recipe of Beyer et al. 2022, "Better plain ViT baselines for ImageNe
         sin-cos position embedding, zero-init head. Published: ViT-S/16 76.5% top-1
         after 90 epochs. Not measured here (no ImageNet, no accelerator).
 
-Fine-tune: python -m jaxvision.main --config=configs/vit_b16.py:cifar10 --workdir=runs/vit_b16_c10 \\
-             --config.pretrained=/path/to/ViT-B_16.npz
+Fine-tune: python -m jaxvision.main --config=configs/vit_b16.py:cifar10 \\
+             --workdir=runs/vit_b16_c10 --config.pretrained=/path/to/ViT-B_16.npz
         starts from the public ImageNet-21k ViT-B/16 checkpoint (google-research/
         vision_transformer; `jaxvision.models.pretrained.download` fetches it) at 384px:
         SGD momentum 0.9, lr 0.03, batch 512, 10k steps (500 warmup), cosine, clip 1.0,
