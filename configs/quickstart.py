@@ -2,14 +2,10 @@
 
 Run:    python -m jaxvision.main --config=configs/quickstart.py --workdir=runs/quickstart
 Smoke:  python -m jaxvision.main --config=configs/quickstart.py:smoke --workdir=/tmp/qs
-        Under `nice -n 19`: 17 s with the 2 cores nearly idle (load average ~2), 58 s with
-        them busy (load ~5); 65% test accuracy after its 20 steps (2026-11-24).
-Expect: 98.4% accuracy on the 1,000 test images after 12 epochs (375 steps; 98.2% at
-        step 250); 99 s of wall time for the whole command on an idle 2-core machine,
-        compilation, dataset preparation and the final report included (fresh clone and
-        virtualenv, Intel Xeon, 2026-11-25; 98-102 s in two such runs of the code before
-        its train step ran in two branches, 2026-11-24); 56 s and the same accuracies on
-        an AMD EPYC (Zen 4) machine of the same kind (fresh clone of 2a46614, 2026-11-27).
+        20 steps, about 65% test accuracy.
+Expect: 98.4-98.5% accuracy on the 1,000 test images after 12 epochs (375 steps; 98.2-98.4%
+        at step 250), in 1-2 minutes on 2 CPU cores with compilation, dataset preparation
+        and the final report (docs/performance.md, "Quickstart").
 """
 
 from jaxvision import config as config_lib

@@ -1,8 +1,10 @@
-"""Shared test setup: quiet TensorFlow, small helpers to build configs and run training."""
+"""Shared test setup: quiet TensorFlow, a session compilation cache, and the fixtures.
+
+Helpers that tests import (REPO, run_cli, trained runs) live in tests/trained_runs.py and
+are imported as `from tests.trained_runs import ...`, never from this file.
+"""
 
 import os
-import subprocess
-import sys
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -15,21 +17,6 @@ import jax
 import pytest
 
 jax.config.update("jax_enable_compilation_cache", False)
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run_cli(args: list[str], env: dict | None = None, timeout: int = 600):
-    """Runs `python -m ...` from the repo root; returns the CompletedProcess."""
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run(
-        [sys.executable, *args],
-        cwd=REPO,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from jaxvision import benchmark, host_memory
-from tests.conftest import REPO, run_cli
+from tests.trained_runs import REPO, run_cli
 
 
 def test_command_line_prints_every_measurement_and_field():

@@ -13,9 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import REPO
 
 from jaxvision import checkpoint, data, optim, steps, train
+from tests.trained_runs import REPO
 
 
 @pytest.fixture(autouse=True)

@@ -4,10 +4,10 @@ import glob
 import os
 
 import pytest
-from conftest import REPO
 
 from jaxvision import config as config_lib
 from jaxvision import train
+from tests.trained_runs import REPO
 
 CONFIGS = sorted(
     os.path.relpath(p, REPO)

@@ -7,11 +7,10 @@ import shutil
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from conftest import run_cli
 from sklearn import metrics as skm
-from trained_runs import cnn_workdir, scratch_dir
 
 from jaxvision import evaluate, metrics, workdir
+from tests.trained_runs import cnn_workdir, run_cli, scratch_dir
 
 
 def _read_report(out_dir: str) -> tuple[dict, np.ndarray, np.ndarray]:

@@ -5,10 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import ndimage
-from trained_runs import NUM_CLASSES, cnn_workdir, vit_workdir
 
 from jaxvision import explain, models, predict
 from jaxvision.data.shapes_render import render_shapes_with_masks
+from tests.trained_runs import NUM_CLASSES, cnn_workdir, vit_workdir
 
 
 @pytest.mark.parametrize(

@@ -5,10 +5,9 @@ import os
 
 import numpy as np
 import pytest
-from conftest import run_cli
-from trained_runs import NUM_CLASSES, cnn_workdir, scratch_dir
 
 from jaxvision import export, predict
+from tests.trained_runs import NUM_CLASSES, cnn_workdir, run_cli, scratch_dir
 
 
 def _reload_logits(path: str, fmt: str, x: np.ndarray) -> list[np.ndarray]:

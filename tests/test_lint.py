@@ -4,7 +4,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+
+from tests.trained_runs import REPO
 
 
 @pytest.mark.parametrize("command", [["check", "."], ["format", "--check", "."]])

@@ -9,7 +9,8 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, run_cli
+
+from tests.trained_runs import REPO, run_cli
 
 # Shortened from 20 to 8 epochs to keep the test to minutes; still past 98% accuracy.
 _ARGS = ["-m", "jaxvision.main", "--config=configs/quickstart.py", "--config.num_epochs=8"]

@@ -3,8 +3,9 @@
 import os
 
 import nbformat
-from conftest import REPO
 from nbclient import NotebookClient
+
+from tests.trained_runs import REPO
 
 
 def test_quickstart_notebook_executes(tmp_path):

@@ -5,10 +5,10 @@ import json
 
 import numpy as np
 import pytest
-from conftest import run_cli
 from jax.sharding import PartitionSpec
 
 from jaxvision import parallel
+from tests.trained_runs import run_cli
 
 # Runs 20 train steps of each config through the real setup and data pipeline, printing
 # the per-step losses and how many state leaves are split over devices.

@@ -9,11 +9,10 @@ import sys
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from conftest import run_cli
 from PIL import Image
-from trained_runs import NUM_CLASSES, cnn_workdir, scratch_dir
 
 from jaxvision import data, evaluate, metrics, parallel, predict, workdir
+from tests.trained_runs import NUM_CLASSES, cnn_workdir, run_cli, scratch_dir
 
 NUM_IMAGES = 40
 

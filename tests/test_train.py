@@ -10,9 +10,9 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import REPO, run_cli
 
 from jaxvision import checkpoint, data, parallel, train
+from tests.trained_runs import REPO, run_cli
 
 
 def _final_params(workdir, config):

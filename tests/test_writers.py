@@ -32,7 +32,32 @@ def test_progress_logs_lines_when_not_a_terminal(capsys, caplog):
     assert "\r" not in capsys.readouterr().err
 
 
-def test_device_memory_reports_gigabytes_where_available():
+class _DeviceReporting:
+    """A device whose runtime reports `stats` (None: reports nothing, like XLA:CPU)."""
+
+    def __init__(self, stats):
+        self.stats = stats
+
+    def memory_stats(self):
+        return self.stats
+
+
+def test_device_memory_reports_current_and_peak_bytes_in_gigabytes(monkeypatch):
+    stats = {"bytes_in_use": 1_500_000_000, "peak_bytes_in_use": 2_000_000_000, "other": 7}
+    monkeypatch.setattr(writers.jax, "local_devices", lambda: [_DeviceReporting(stats)])
+    assert writers.device_memory() == {"train/memory_gb": 1.5, "train/peak_memory_gb": 2.0}
+
+
+def test_device_memory_leaves_out_what_the_device_does_not_report(monkeypatch):
+    monkeypatch.setattr(writers.jax, "local_devices", lambda: [_DeviceReporting(None)])
+    assert writers.device_memory() == {}
+    only_peak = {"peak_bytes_in_use": 3_000_000_000}
+    monkeypatch.setattr(writers.jax, "local_devices", lambda: [_DeviceReporting(only_peak)])
+    assert writers.device_memory() == {"train/peak_memory_gb": 3.0}
+
+
+def test_device_memory_of_this_device_matches_what_its_runtime_reports():
+    reported = writers.jax.local_devices()[0].memory_stats() or {}
     memory = writers.device_memory()
-    assert set(memory) <= {"train/memory_gb", "train/peak_memory_gb"}
-    assert all(v >= 0 for v in memory.values())
+    assert ("train/memory_gb" in memory) == ("bytes_in_use" in reported)
+    assert ("train/peak_memory_gb" in memory) == ("peak_bytes_in_use" in reported)

@@ -1,17 +1,36 @@
-"""Tiny trained runs on `shapes`, trained once per test session and shared by the tests of
-evaluate, predict, explain and export (imported by those test files, not a conftest)."""
+"""Helpers the tests share: the repo root, running a command line, and tiny trained runs.
+
+Import them as `from tests.trained_runs import ...` (one module object, so each run is
+trained once per session). The runs on `shapes` are shared by the tests of evaluate,
+predict, explain and export; fixtures live in conftest.py.
+"""
 
 import atexit
 import functools
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 
 from jaxvision import config as config_lib
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 6  # more than 5, so top-5 accuracy is not trivially 1
 _ROOT = tempfile.mkdtemp(prefix="jaxvision_trained_runs_")
 atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
+
+
+def run_cli(args: list[str], env: dict | None = None, timeout: int = 600):
+    """Runs `python ARGS...` from the repo root; returns the CompletedProcess."""
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def smoke_config(model: config_lib.ml_collections.ConfigDict, steps: int):

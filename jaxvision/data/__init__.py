@@ -158,11 +158,8 @@ def _options(config: ml_collections.ConfigDict) -> tf.data.Options:
     options = tf.data.Options()
     options.deterministic = bool(config.dataset.deterministic)
     options.experimental_optimization.map_parallelization = True
-    # No autotuner: its thread sleeps for periods that double up to a minute, and destroying
-    # an iterator often waits for the current period to end. Dropping the train iterator
-    # stalled the end of about one quickstart run in four by ~35 s (TF 2.21), and long
-    # evaluation passes drop theirs the same way. `map_parallelism` sets the parallelism
-    # the autotuner would otherwise have searched for.
+    # No autotuner: destroying an iterator can wait up to a minute for its sleeping thread
+    # (docs/performance.md, "Input pipeline"); `map_parallelism` sets what it would search for.
     options.autotune.enabled = False
     if config.dataset.threads:
         options.threading.private_threadpool_size = config.dataset.threads
