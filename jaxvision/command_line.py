@@ -153,7 +153,14 @@ def parse_global_flags(argv: list[str]) -> list[str]:
         return flags.FLAGS(argv)
     except flags.Error as e:
         print(f"error: {e}\nRun with --help to list the flags.", file=sys.stderr)
-        sys.exit(exit_status.BAD_INPUT)
+    except (AttributeError, KeyError) as e:
+        # ml_collections' config flag raises these for a --config.KEY override it lacks.
+        print(
+            f"error: no such config key {e}: check the --config.KEY=VALUE overrides "
+            "(jaxvision/config.py lists every key).",
+            file=sys.stderr,
+        )
+    sys.exit(exit_status.BAD_INPUT)
 
 
 def help_text(doc: str, flag_values: flags.FlagValues) -> str:
