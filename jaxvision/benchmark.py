@@ -31,6 +31,8 @@ from typing import Any
 from absl import app, flags
 from ml_collections import config_flags
 
+from jaxvision import command_line
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file.", lock_config=True
 )
@@ -429,4 +431,4 @@ if __name__ == "__main__":
     from jaxvision import host_memory
 
     host_memory.reexec_with_huge_pages()
-    app.run(main)
+    app.run(command_line.reports_failures(main), flags_parser=command_line.parse_global_flags)

@@ -43,6 +43,9 @@ def base() -> ml_collections.ConfigDict:
     c.dataset.download = False  # let tfds download and prepare a dataset that is missing
     c.dataset.validation_fraction = 0.1  # folder: eval share of train/ when there is no test/
     c.dataset.on_bad_file = "skip"  # folder: "skip" (report and skip) or "error"
+    # folder: images with more pixels (read from the header) are skipped undecoded, so a
+    # decompression bomb cannot exhaust memory; PIL's default limit; 0 = no limit.
+    c.dataset.max_image_pixels = 89_478_485
     c.dataset.class_weighting = "none"  # "none" | "inverse" | "inverse_sqrt": batch["weight"]
     c.dataset.class_balanced_sampling = False  # every class equally often in training batches
     c.dataset.deterministic = True  # False: faster tf.data, but order not reproducible
@@ -255,6 +258,11 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_process
         _require(config[key] > 0, f"{key} must be positive, got {config[key]}.")
     _require(config.eval_every_steps >= 0, "eval_every_steps must be >= 0 (0 = only at the end).")
     _require(config.keep_checkpoints >= 1, "keep_checkpoints must be >= 1.")
+    pixels = config.dataset.max_image_pixels
+    _require(
+        isinstance(pixels, int) and pixels >= 0,
+        f"dataset.max_image_pixels must be an integer >= 0 (0 = no limit), got {pixels!r}.",
+    )
     from jaxvision.data import catalog
 
     catalog.validate_config(config.dataset)  # values and preprocessing ops, naming the key

@@ -2,11 +2,10 @@
 
 Writes DIR/eval/<split>/report.json (every metric of `jaxvision.metrics`),
 predictions.npz (labels and logits per example), PNGs (confusion matrix, ROC curves,
-reliability diagram, training curves) and summary.md. `--compare DIR2 ...` evaluates
+reliability diagram, training curves) and summary.md. `--compare=DIR2,DIR3` evaluates
 further workdirs the same way and prints one side-by-side table (ablations).
 """
 
-import argparse
 import functools
 import json
 import os
@@ -16,10 +15,11 @@ from typing import Any
 
 import jax
 import numpy as np
+from absl import app, flags
 from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec
 
-from jaxvision import data, metrics, parallel, plots, steps, xla_options
+from jaxvision import command_line, data, metrics, parallel, plots, steps, xla_options
 from jaxvision import workdir as workdir_lib
 from jaxvision.console import log
 
@@ -227,47 +227,46 @@ def compare_table(reports: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    """Command-line flags."""
-    p = argparse.ArgumentParser(prog="python -m jaxvision.evaluate", description=__doc__)
-    p.add_argument("--workdir", required=True, help="a training run's workdir")
-    p.add_argument("--split", default=None, help="tfds split (default: the run's eval split)")
-    p.add_argument("--checkpoint", default="latest", help="latest | best | a step number")
-    p.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
-    p.add_argument("--compare", nargs="+", default=[], metavar="DIR", help="more workdirs")
-    return p.parse_args(argv)
+FLAGS = flags.FlagValues()  # this tool's own, so it can be imported next to other tools
+_WORKDIR = command_line.define_workdir(FLAGS)
+_SPLIT = command_line.define_split(FLAGS)
+_CHECKPOINT = command_line.define_checkpoint(FLAGS)
+_EMA = command_line.define_ema(FLAGS)
+_COMPARE = flags.DEFINE_list(
+    "compare", [], "More workdirs, comma-separated, evaluated the same way.", flag_values=FLAGS
+)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Runs the command; returns the process exit code (2 for bad input)."""
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+def _evaluate(args: list[str]) -> None:
+    if args:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(args)}")
     from jaxvision import console
 
     console.setup()
-    workdirs = [args.workdir, *args.compare]
-    try:
-        # Validate every workdir before evaluating any, so bad input writes nothing.
-        for w in workdirs:
-            workdir_lib.load_config(w)
-            if not os.path.isdir(os.path.join(w, "checkpoints")):
-                raise workdir_lib.WorkdirError(f"{w!r} holds no checkpoints/ directory.")
-        reports = [
-            evaluate_workdir(w, split=args.split, checkpoint=args.checkpoint, ema=args.ema)
-            for w in workdirs
-        ]
-    except (workdir_lib.WorkdirError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    workdirs = [_WORKDIR.value, *_COMPARE.value]
+    # Validate every workdir before evaluating any, so bad input writes nothing.
+    for w in workdirs:
+        workdir_lib.load_config(w)
+        if not os.path.isdir(os.path.join(w, "checkpoints")):
+            raise workdir_lib.WorkdirError(f"{w!r} holds no checkpoints/ directory.")
+    reports = [
+        evaluate_workdir(w, split=_SPLIT.value, checkpoint=_CHECKPOINT.value, ema=_EMA.value)
+        for w in workdirs
+    ]
     table = compare_table(reports)
     print(table)
-    if args.compare and jax.process_index() == 0:
+    if _COMPARE.value and jax.process_index() == 0:
         first = reports[0]
         out_dir = output_dir(
-            first["workdir"], first["split"], checkpoint=args.checkpoint, ema=args.ema
+            first["workdir"], first["split"], checkpoint=_CHECKPOINT.value, ema=_EMA.value
         )
         with open(os.path.join(out_dir, "compare.md"), "w") as f:
             f.write(table + "\n")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the command on `argv` (default: the process's); returns its exit status."""
+    return command_line.run("jaxvision.evaluate", __doc__, FLAGS, _evaluate, argv)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ Both take images after the run's eval preprocessing (`eval_pp` in signature.json
 float32 [N, H, W, C]) and return logits [N, num_classes].
 """
 
-import argparse
 import json
 import os
 import sys
@@ -22,8 +21,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags
 from flax import serialization
 
+from jaxvision import command_line
 from jaxvision import workdir as workdir_lib
 
 FORMATS = ("stablehlo", "savedmodel")
@@ -124,35 +125,36 @@ def export(run: workdir_lib.LoadedRun, fmt: str, out: str) -> list[str]:
     raise ValueError(f"--format={fmt!r}: use one of {', '.join(FORMATS)}.")
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    """Command-line flags."""
-    p = argparse.ArgumentParser(prog="python -m jaxvision.export", description=__doc__)
-    p.add_argument("--workdir", required=True, help="a training run's workdir")
-    p.add_argument("--format", required=True, choices=FORMATS)
-    p.add_argument("--out", required=True, help="output directory (must not exist or be empty)")
-    p.add_argument("--checkpoint", default="latest", help="latest | best | a step number")
-    p.add_argument("--ema", action="store_true", help="export the EMA weights")
-    return p.parse_args(argv)
+FLAGS = flags.FlagValues()  # this tool's own, so it can be imported next to other tools
+_WORKDIR = command_line.define_workdir(FLAGS)
+_CHECKPOINT = command_line.define_checkpoint(FLAGS)
+_EMA = command_line.define_ema(FLAGS)
+_FORMAT = flags.DEFINE_enum("format", None, FORMATS, "Export format.", flag_values=FLAGS)
+_OUT = flags.DEFINE_string(
+    "out", None, "Output directory (must not exist, or be empty).", flag_values=FLAGS
+)
+flags.mark_flags_as_required(["format", "out"], flag_values=FLAGS)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Runs the command; returns the process exit code (2 for bad input)."""
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+def _export(args: list[str]) -> None:
+    if args:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(args)}")
     from jaxvision import console
 
     console.setup()
-    try:
-        if os.path.exists(args.out) and (not os.path.isdir(args.out) or os.listdir(args.out)):
-            raise workdir_lib.WorkdirError(
-                f"--out {args.out!r} exists and is not an empty directory; choose a new path."
-            )
-        run = workdir_lib.load(args.workdir, checkpoint_step=args.checkpoint, ema=args.ema)
-    except (workdir_lib.WorkdirError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    for path in export(run, args.format, args.out):
+    out = _OUT.value
+    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+        raise workdir_lib.WorkdirError(
+            f"--out={out!r} exists and is not an empty directory; choose a new path."
+        )
+    run = workdir_lib.load(_WORKDIR.value, checkpoint_step=_CHECKPOINT.value, ema=_EMA.value)
+    for path in export(run, _FORMAT.value, out):
         print(path)
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the command on `argv` (default: the process's); returns its exit status."""
+    return command_line.run("jaxvision.export", __doc__, FLAGS, _export, argv)
 
 
 if __name__ == "__main__":

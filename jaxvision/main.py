@@ -6,10 +6,11 @@ the processes find each other; elsewhere pass --coordinator_address, --num_proce
 """
 
 import logging
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from jaxvision import command_line
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file.", lock_config=True
@@ -30,28 +31,21 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> None:
-    """Hands the parsed config to `train.run`; bad input exits 2, divergence or damage 1."""
+    """Hands the parsed config to `train.run` (exit statuses: `jaxvision.command_line`)."""
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     import jax
 
-    from jaxvision import checkpoint, compile_cache, console, parallel, train
+    from jaxvision import compile_cache, console, parallel, train
 
     console.setup()
     compile_cache.configure(_COMPILATION_CACHE.value)
-    try:
-        # Before process_index() below starts JAX; train.run's own call is for notebooks.
-        parallel.set_cpu_devices(_CONFIG.value.parallel.cpu_devices)
-        parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-        if jax.process_index() != 0:
-            console.log.setLevel(logging.WARNING)  # one copy of the progress lines
-        result = train.run(_CONFIG.value, _WORKDIR.value)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except (train.DivergedError, checkpoint.CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    # Before process_index() below starts JAX; train.run's own call is for notebooks.
+    parallel.set_cpu_devices(_CONFIG.value.parallel.cpu_devices)
+    parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    if jax.process_index() != 0:
+        console.log.setLevel(logging.WARNING)  # one copy of the progress lines
+    result = train.run(_CONFIG.value, _WORKDIR.value)
     console.log.info("Final: %s", {k: round(v, 4) for k, v in result.items()})
 
 
@@ -59,4 +53,4 @@ if __name__ == "__main__":
     from jaxvision import host_memory
 
     host_memory.reexec_with_huge_pages()
-    app.run(main)
+    app.run(command_line.reports_failures(main), flags_parser=command_line.parse_global_flags)

@@ -1,14 +1,19 @@
-"""Predict labels of image files: python -m jaxvision.predict --workdir=DIR IMAGE... [--top-k 5].
+"""Predict labels of image files: python -m jaxvision.predict --workdir=DIR IMAGE... [--top_k=5].
 
-Prints one JSON line per image with its top-k labels and probabilities. Images of any
-size and colour mode go through the run's own eval preprocessing (the same ops, from
-`jaxvision.data.preprocess`), in batches. `--explain OUTDIR` also writes an overlay PNG
-per image (attention rollout for ViTs, Grad-CAM for CNNs/ResNets).
+Prints one JSON line per image with its top-k labels and probabilities, in input order.
+Images of any size and colour mode go through the run's own eval preprocessing (the same
+ops, from `jaxvision.data.preprocess`), in batches; formats TensorFlow cannot decode but
+PIL can (TIFF, ...) are converted first. An image that cannot be read gets a JSON line
+with an `error` instead, the others are still predicted, and the command exits 2.
+
+`--explain=OUTDIR` also writes an overlay PNG per image (attention rollout for ViTs,
+Grad-CAM for CNNs/ResNets) named after the image (`cat.png`; `cat-2.png` when two inputs
+share a name). OUTDIR must not hold any input, and existing files in it are never
+replaced unless `--overwrite` is given.
 
 As a library: `Predictor.from_workdir(DIR).predict(["a.jpg", "b.png"])`.
 """
 
-import argparse
 import functools
 import io
 import json
@@ -19,14 +24,15 @@ from typing import Any
 
 import jax
 import numpy as np
+from absl import app, flags
 
-from jaxvision import metrics, steps, xla_options
+from jaxvision import command_line, exit_status, metrics, steps, xla_options
 from jaxvision import workdir as workdir_lib
 
 Image = str | bytes | np.ndarray
 
 
-class ImageError(ValueError):
+class ImageError(exit_status.BadInputError):
     """An input is not a readable image; the message names it."""
 
 
@@ -50,15 +56,38 @@ def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
 
 
 def read_bytes(image: Image) -> bytes:
-    """Encoded bytes of a path, bytes or uint8 array; ImageError for missing files."""
+    """Encoded bytes of a path, bytes or uint8 array; ImageError for missing or unreadable files."""
     if isinstance(image, np.ndarray):
         return _encode_array(image)
     if isinstance(image, bytes):
         return image
     if not os.path.isfile(image):
         raise ImageError(f"{image}: no such file.")
-    with open(image, "rb") as f:
-        return f.read()
+    try:
+        with open(image, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ImageError(f"{image}: cannot read it ({e.strerror or e}).") from None
+
+
+def _pil_converted(encoded: bytes, name: str) -> bytes:
+    """PNG bytes of an image TensorFlow cannot decode but PIL can (TIFF, ...): RGB, 8 bits."""
+    from PIL import Image as PILImage
+
+    try:
+        with PILImage.open(io.BytesIO(encoded)) as img:
+            if img.mode.startswith("I;16"):
+                # 16-bit grey: keep the high byte, as TF's PNG decoder does for 16-bit PNGs.
+                array = (np.asarray(img).astype(np.uint32) >> 8).astype(np.uint8)
+            else:
+                array = np.asarray(img.convert("RGB"))
+    except PILImage.DecompressionBombError as e:
+        raise ImageError(f"{name}: too large to decode safely ({e})") from None
+    except Exception:  # PIL raises many types for files that are not images
+        raise ImageError(
+            f"{name}: cannot decode it as an image (neither TensorFlow nor PIL can read it)."
+        ) from None
+    return _encode_array(array)
 
 
 class Predictor:
@@ -91,27 +120,39 @@ class Predictor:
         """Loads `workdir`'s checkpoint (latest, best or a step) for prediction."""
         return cls(workdir_lib.load(workdir, checkpoint_step=checkpoint, ema=ema))
 
-    def preprocess(self, images: Sequence[Image]) -> np.ndarray:
-        """Model inputs [N, H, W, C] float32: eval preprocessing of each image."""
+    def _preprocess_one(self, image: Image, name: str) -> np.ndarray:
         import tensorflow as tf
 
+        encoded = read_bytes(image)
+        try:
+            array = self._preprocess(tf.constant(encoded)).numpy()
+        except (tf.errors.InvalidArgumentError, ValueError):
+            array = self._preprocess(tf.constant(_pil_converted(encoded, name))).numpy()
+        if array.shape != tuple(self.run.info.image_shape):
+            raise ImageError(
+                f"{name}: preprocessed to shape {array.shape}, but the model expects "
+                f"{tuple(self.run.info.image_shape)}."
+            )
+        return array.astype(np.float32)
+
+    def preprocess_each(self, images: Sequence[Image]) -> list[np.ndarray | ImageError]:
+        """Model input [H, W, C] float32 of each image, or the ImageError saying why not."""
         out = []
         for i, image in enumerate(images):
-            name = image if isinstance(image, str) else f"image #{i}"
-            encoded = read_bytes(image)
             try:
-                array = self._preprocess(tf.constant(encoded)).numpy()
-            except (tf.errors.InvalidArgumentError, ValueError):
-                raise ImageError(
-                    f"{name}: cannot decode it as an image; jaxvision reads JPEG, PNG, BMP and "
-                    "GIF files."
-                ) from None
-            if array.shape != tuple(self.run.info.image_shape):
-                raise ImageError(
-                    f"{name}: preprocessed to shape {array.shape}, but the model expects "
-                    f"{tuple(self.run.info.image_shape)}."
+                out.append(
+                    self._preprocess_one(image, image if isinstance(image, str) else f"image #{i}")
                 )
-            out.append(array.astype(np.float32))
+            except ImageError as e:
+                out.append(e)
+        return out
+
+    def preprocess(self, images: Sequence[Image]) -> np.ndarray:
+        """Model inputs [N, H, W, C] float32: eval preprocessing of each image."""
+        out = self.preprocess_each(images)
+        for x in out:
+            if isinstance(x, ImageError):
+                raise x
         return np.stack(out) if out else np.zeros((0, *self.run.info.image_shape), np.float32)
 
     def logits(self, inputs: np.ndarray) -> np.ndarray:
@@ -127,26 +168,37 @@ class Predictor:
         """Softmax probabilities [N, K] of raw images."""
         return metrics.softmax(self.logits(self.preprocess(images)))
 
-    def predict(self, images: Sequence[Image], top_k: int = 5) -> list[dict[str, Any]]:
-        """Top-k labels and probabilities per image, in input order."""
-        probs = self.probabilities(images)
-        k = max(1, min(top_k, probs.shape[1]))
-        results = []
-        for i, row in enumerate(probs):
+    def predict(
+        self, images: Sequence[Image], top_k: int = 5, *, skip_unreadable: bool = False
+    ) -> list[dict[str, Any]]:
+        """Top-k labels and probabilities per image, in input order.
+
+        With `skip_unreadable`, an image that cannot be read gets `{"image", "error"}` in
+        its place instead of raising ImageError.
+        """
+        inputs = self.preprocess_each(images)
+        errors = {i: x for i, x in enumerate(inputs) if isinstance(x, ImageError)}
+        if errors and not skip_unreadable:
+            raise next(iter(errors.values()))
+        readable = [x for x in inputs if not isinstance(x, ImageError)]
+        shape = (0, *self.run.info.image_shape)
+        probs = metrics.softmax(
+            self.logits(np.stack(readable) if readable else np.zeros(shape, np.float32))
+        )
+        k = max(1, min(top_k, len(self.class_names)))
+        results, rows = [], iter(probs)
+        for i, image in enumerate(images):
+            name = image if isinstance(image, str) else i
+            if i in errors:
+                results.append({"image": name, "error": str(errors[i])})
+                continue
+            row = next(rows)
             order = np.argsort(-row, kind="stable")[:k]
-            results.append(
-                {
-                    "image": images[i] if isinstance(images[i], str) else i,
-                    "top_k": [
-                        {
-                            "label": self.class_names[c],
-                            "class": int(c),
-                            "probability": float(row[c]),
-                        }
-                        for c in order
-                    ],
-                }
-            )
+            top = [
+                {"label": self.class_names[c], "class": int(c), "probability": float(row[c])}
+                for c in order
+            ]
+            results.append({"image": name, "top_k": top})
         return results
 
     def explain(
@@ -176,63 +228,120 @@ class Predictor:
         return np.concatenate(maps) if maps else np.zeros((0, height, width)), method
 
 
+def overlay_names(paths: Sequence[str]) -> list[str]:
+    """One distinct PNG name per input: its stem, then stem-2, stem-3 ... for repeats."""
+    taken, names = set(), []
+    for path in paths:
+        stem = os.path.splitext(os.path.basename(path))[0] or "image"
+        name, n = stem, 1
+        while name.casefold() in taken:  # case-insensitive: macOS and Windows folders
+            n += 1
+            name = f"{stem}-{n}"
+        taken.add(name.casefold())
+        names.append(f"{name}.png")
+    return names
+
+
+def check_explain_dir(out_dir: str, paths: Sequence[str], names: Sequence[str], overwrite: bool):
+    """Refuses an overlay folder that holds an input, or whose files would be replaced."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise exit_status.BadInputError(f"--explain={out_dir!r} exists and is not a folder.")
+    real_out = os.path.realpath(out_dir)
+    for path in paths:
+        real = os.path.realpath(path)
+        if os.path.commonpath([real, real_out]) == real_out:
+            raise exit_status.BadInputError(
+                f"--explain={out_dir!r} holds the input {path}; overlays are never written "
+                "among the images they explain. Choose another folder."
+            )
+    existing = [n for n in names if os.path.lexists(os.path.join(out_dir, n))]
+    if existing and not overwrite:
+        raise exit_status.BadInputError(
+            f"--explain={out_dir!r} already has {', '.join(existing[:5])}"
+            f"{f' and {len(existing) - 5} more' if len(existing) > 5 else ''}; pass "
+            "--overwrite to replace them, or choose another folder."
+        )
+
+
 def write_overlays(
-    predictor: Predictor, paths: list[str], results: list[dict], out_dir: str
+    predictor: Predictor,
+    paths: list[str],
+    results: list[dict],
+    out_dir: str,
+    names: list[str] | None = None,
 ) -> list[str]:
-    """One PNG per image: the image and its explanation map for the top-1 class."""
+    """One PNG per image (named `names`): the image and its map for the top-1 class."""
     from PIL import Image as PILImage
 
     from jaxvision import plots
 
+    names = names or overlay_names(paths)
     top1 = np.asarray([r["top_k"][0]["class"] for r in results])
     maps, method = predictor.explain(paths, top1)
-    written, used = [], set()
-    for path, heatmap, result in zip(paths, maps, results):
-        stem = os.path.splitext(os.path.basename(path))[0]
-        name = stem if stem not in used else f"{stem}_{len(used)}"
-        used.add(name)
+    written = []
+    for path, heatmap, result, name in zip(paths, maps, results, names, strict=True):
         with PILImage.open(path) as img:
             # Show the image as the model saw it: the map is at the model's input size.
             shown = np.asarray(img.convert("RGB").resize(heatmap.shape[::-1]))
         best = result["top_k"][0]
         title = f"{best['label']} ({best['probability']:.2f}) - {method.replace('_', ' ')}"
-        written.append(plots.overlay(shown, heatmap, os.path.join(out_dir, f"{name}.png"), title))
+        target = os.path.join(out_dir, name)
+        if os.path.islink(target):
+            os.remove(target)  # replace the link itself, never write through it
+        written.append(plots.overlay(shown, heatmap, target, title))
     return written
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    """Command-line flags."""
-    p = argparse.ArgumentParser(prog="python -m jaxvision.predict", description=__doc__)
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
-    p.add_argument("--workdir", required=True, help="a training run's workdir")
-    p.add_argument("--top-k", type=int, default=5, help="labels per image")
-    p.add_argument("--checkpoint", default="latest", help="latest | best | a step number")
-    p.add_argument("--ema", action="store_true", help="use the EMA weights")
-    p.add_argument("--explain", metavar="OUTDIR", default=None, help="write overlay PNGs here")
-    return p.parse_args(argv)
+FLAGS = flags.FlagValues()  # this tool's own, so it can be imported next to other tools
+_WORKDIR = command_line.define_workdir(FLAGS)
+_CHECKPOINT = command_line.define_checkpoint(FLAGS)
+_EMA = command_line.define_ema(FLAGS)
+_TOP_K = command_line.define_top_k(FLAGS)
+_EXPLAIN = flags.DEFINE_string(
+    "explain", None, "Write an overlay PNG per image into this folder.", flag_values=FLAGS
+)
+_OVERWRITE = flags.DEFINE_bool(
+    "overwrite", False, "Let --explain replace files already in its folder.", flag_values=FLAGS
+)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Runs the command; returns the process exit code (2 for bad input)."""
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+def _predict(paths: list[str]) -> None:
+    if not paths:
+        raise app.UsageError("Give one or more image files after the flags.")
     from jaxvision import console
 
     console.setup()
-    try:
-        if args.top_k < 1:
-            raise ImageError(f"--top-k must be >= 1, got {args.top_k}.")
-        predictor = Predictor.from_workdir(args.workdir, checkpoint=args.checkpoint, ema=args.ema)
-        # Every image is read and checked before anything is printed or written.
-        results = predictor.predict(args.images, top_k=args.top_k)
-    except (workdir_lib.WorkdirError, ImageError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    names = overlay_names(paths)
+    if _EXPLAIN.value:
+        check_explain_dir(_EXPLAIN.value, paths, names, _OVERWRITE.value)
+    predictor = Predictor.from_workdir(_WORKDIR.value, checkpoint=_CHECKPOINT.value, ema=_EMA.value)
+    results = predictor.predict(paths, top_k=_TOP_K.value, skip_unreadable=True)
     for result in results:
-        print(json.dumps(result))
-    if args.explain:
-        for path in write_overlays(predictor, args.images, results, args.explain):
+        print(json.dumps(result), flush=True)
+    good = [i for i, r in enumerate(results) if "error" not in r]
+    if _EXPLAIN.value and good:
+        written = write_overlays(
+            predictor,
+            [paths[i] for i in good],
+            [results[i] for i in good],
+            _EXPLAIN.value,
+            [names[i] for i in good],
+        )
+        for path in written:
             print(f"wrote {path}", file=sys.stderr)
-    return 0
+    bad = [r["error"] for r in results if "error" in r]
+    if bad:
+        raise ImageError(
+            f"{len(bad)} of {len(paths)} images could not be read (their JSON lines have an "
+            "`error`): "
+            + " ".join(bad[:5])
+            + (f" ... and {len(bad) - 5} more" if len(bad) > 5 else "")
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the command on `argv` (default: the process's); returns its exit status."""
+    return command_line.run("jaxvision.predict", __doc__, FLAGS, _predict, argv)
 
 
 if __name__ == "__main__":

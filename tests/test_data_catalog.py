@@ -9,7 +9,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from jaxvision import config as config_lib
-from jaxvision import data, parallel
+from jaxvision import data, exit_status, parallel
 from jaxvision.data import catalog, preprocess
 
 _ONLINE = [name for name in catalog.names() if not catalog.PRESETS[name].offline]
@@ -104,7 +104,8 @@ def test_splits_hold_out_a_validation_slice_when_there_is_none():
 
 def test_unprepared_dataset_says_how_to_prepare_it(tmp_path):
     config = _config("imagenet2012", data_dir=str(tmp_path))
-    with pytest.raises(RuntimeError) as e:
+    # Bad input (exit status 2), not a runtime failure: rerunning cannot help.
+    with pytest.raises(exit_status.BadInputError) as e:
         data.prepare(config)
     message = str(e.value)
     assert "not prepared" in message and str(tmp_path) in message

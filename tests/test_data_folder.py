@@ -1,7 +1,10 @@
 """folder:/root image folders: formats, colour modes, bad files, splits, labels, resume."""
 
 import io
+import logging
 import os
+import struct
+import zlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -181,3 +184,110 @@ def test_missing_folder_says_what_layout_is_expected(tmp_path):
     os.makedirs(tmp_path / "flat")
     with pytest.raises(FileNotFoundError, match=r"train/<class>/<image>"):
         data.prepare(_config(tmp_path / "flat", tmp_path))
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height (a decompression bomb's first bytes)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body)
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+class _Warnings(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture
+def warnings_logged():
+    handler = _Warnings()
+    folder.log.addHandler(handler)
+    yield handler.lines
+    folder.log.removeHandler(handler)
+
+
+def test_links_unreadable_files_bad_names_and_bombs_are_reported_and_skipped(
+    image_root, tmp_path, monkeypatch, warnings_logged
+):
+    # On main: a dangling link or unreadable file crashed the scan (os.stat / open raised),
+    # a non-UTF-8 name failed later inside tf.data without naming the file, and a bomb
+    # was decoded in full.
+    cat = image_root / "train" / "cat"
+    os.symlink(tmp_path / "moved_away.jpg", cat / "dangling.jpg")
+    os.mkfifo(cat / "pipe.jpg")  # reading it would block the scan forever
+    locked = cat / "locked.jpg"
+    locked.write_bytes((cat / "000.jpg").read_bytes())
+    bad_name = os.path.join(os.fsencode(cat), b"caf\xe9.jpg")
+    with open(bad_name, "wb") as f:
+        f.write((cat / "001.jpg").read_bytes())
+    (cat / "bomb.png").write_bytes(_png_header(30_000, 30_000))
+    _save(f"{cat}/big.png", Image.fromarray(_image(RED, size=(60, 70))), "PNG")
+    real_open = open
+
+    def open_denying(path, *args, **kwargs):
+        if str(path) == str(locked):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(folder, "open", open_denying, raising=False)
+    decode = preprocess.decode_bytes
+    decoded = []
+    monkeypatch.setattr(
+        preprocess,
+        "decode_bytes",
+        lambda data, ch: decoded.append(len(data.numpy())) or decode(data, ch),
+    )
+    scanned = folder.scan(
+        str(image_root), cache_dir=str(tmp_path / "cache"), max_image_pixels=60 * 70 - 1
+    )
+    r = scanned.report
+    assert r.broken_link == [str(cat / "dangling.jpg")]
+    assert r.unreadable == [str(cat / "locked.jpg"), str(cat / "pipe.jpg")]
+    assert r.bad_name == [os.fsdecode(bad_name)]
+    assert r.too_large == [str(cat / "big.png"), str(cat / "bomb.png")]
+    assert len((cat / "bomb.png").read_bytes()) not in decoded  # sized from the header only
+    assert r.num_skipped == 3 + 1 + 2 + 1 + 2
+    paths, _ = scanned.paths_and_labels("train")
+    assert len(paths) == 19  # exactly the good files of the first scan
+    logged = "\n".join(warnings_logged)
+    for name in ("dangling.jpg", "locked.jpg", "pipe.jpg", "caf\\xe9.jpg", "bomb.png", "big.png"):
+        assert name in logged, name
+    assert "skipped (file name is not UTF-8)" in logged
+
+    # The unreadable file is not remembered as bad: readable again, it is an image again.
+    monkeypatch.setattr(folder, "open", real_open, raising=False)
+    again = folder.scan(
+        str(image_root), cache_dir=str(tmp_path / "cache"), max_image_pixels=60 * 70 - 1
+    )
+    assert again.report.unreadable == [str(cat / "pipe.jpg")]
+    # A higher limit admits the big image (the limit is part of the cached verdict).
+    bigger = folder.scan(str(image_root), cache_dir=str(tmp_path / "cache"), max_image_pixels=10**6)
+    assert bigger.report.too_large == [str(cat / "bomb.png")]
+
+
+def test_a_folder_with_bad_names_trains_through_the_pipeline(image_root, tmp_path):
+    cat = image_root / "train" / "cat"
+    with open(os.path.join(os.fsencode(cat), b"\xff\xfe.jpg"), "wb") as f:
+        f.write((cat / "001.jpg").read_bytes())
+    os.symlink(tmp_path / "gone.jpg", cat / "gone.jpg")
+    config = _config(image_root, tmp_path)
+    info = data.prepare(config)
+    assert info.num_train == 19
+    batch = next(data.train_batches(config, info, parallel.make_mesh()))
+    assert np.asarray(batch["image"]).shape == (4, 16, 16, 3)
+
+
+def test_pixel_limit_is_a_checked_config_key(image_root, tmp_path):
+    config = _config(image_root, tmp_path, max_image_pixels=-1)
+    with pytest.raises(ValueError, match=r"dataset\.max_image_pixels"):
+        config_lib.validate(config, num_devices=1, num_processes=1)
+    with pytest.raises(ValueError, match=r"more pixels than dataset\.max_image_pixels"):
+        data.prepare(_config(image_root, tmp_path, max_image_pixels=100, on_bad_file="error"))

@@ -1,4 +1,8 @@
-"""evaluate: every report metric against scikit-learn, the training log, checkpoints, errors."""
+"""evaluate: every report metric against scikit-learn, the training log, checkpoints, errors.
+
+The shared trained run is only read here: every test that evaluates writes into its own
+copy, so no test checks a report another test rewrote, in any order.
+"""
 
 import json
 import os
@@ -11,6 +15,13 @@ from sklearn import metrics as skm
 
 from jaxvision import evaluate, metrics, workdir
 from tests.trained_runs import cnn_workdir, run_cli, scratch_dir
+
+
+def _copy_of_cnn_run(name: str) -> str:
+    """The shared CNN run copied (without the reports training wrote) for one test to write."""
+    copy = os.path.join(scratch_dir(name), "run")
+    shutil.copytree(cnn_workdir(), copy, ignore=shutil.ignore_patterns("eval"))
+    return copy
 
 
 def _read_report(out_dir: str) -> tuple[dict, np.ndarray, np.ndarray]:
@@ -37,7 +48,7 @@ def _ece_reference(labels: np.ndarray, probs: np.ndarray, bins: int) -> float:
 
 
 def test_every_metric_matches_sklearn_and_training_log():
-    wd = cnn_workdir()
+    wd = _copy_of_cnn_run("metrics")
     assert evaluate.main(["--workdir", wd]) == 0
     out = os.path.join(wd, "eval", "test")
     report, labels, logits = _read_report(out)
@@ -93,7 +104,7 @@ def test_training_writes_curves_and_final_report():
 
 
 def test_checkpoint_step_and_best():
-    wd = cnn_workdir()
+    wd = _copy_of_cnn_run("step_and_best")
     assert evaluate.main(["--workdir", wd, "--checkpoint", "100"]) == 0
     report, _, _ = _read_report(os.path.join(wd, "eval", "test-step100"))
     assert report["step"] == 100
@@ -107,10 +118,9 @@ def test_checkpoint_step_and_best():
 
 
 def test_compare_prints_one_row_per_workdir(capsys):
-    wd = cnn_workdir()
-    other = os.path.join(scratch_dir("compare"), "copy")
-    shutil.copytree(wd, other, ignore=shutil.ignore_patterns("eval"))
-    assert evaluate.main(["--workdir", wd, "--compare", other]) == 0
+    wd = _copy_of_cnn_run("compare")
+    other = _copy_of_cnn_run("compare_other")
+    assert evaluate.main(["--workdir", wd, f"--compare={other}"]) == 0
     table = capsys.readouterr().out.strip().splitlines()
     rows = [line for line in table if line.startswith("| /")]
     assert len(rows) == 2 and other in rows[1]
@@ -162,3 +172,50 @@ def test_metrics_handle_absent_classes_and_few_classes():
     assert report["top5_accuracy"] == 1.0  # 4 classes: every label is in the top 4
     assert report["loss"] == pytest.approx(skm.log_loss(labels, probs, labels=range(4)))
     assert sum(report["calibration"]["count"]) == 200
+
+
+def _with_dataset(name: str, dataset: str) -> str:
+    """A copy of the shared run whose config.json names `dataset` (moved or never prepared)."""
+    wd = _copy_of_cnn_run(name)
+    path = os.path.join(wd, "config.json")
+    with open(path) as f:
+        config = json.load(f)
+    config["dataset"].update(name=dataset, data_dir=os.path.join(wd, "no_tfds_data"))
+    with open(path, "w") as f:
+        json.dump(config, f)
+    return wd
+
+
+@pytest.mark.parametrize(
+    "dataset, says",
+    [("folder:/nonexistent/jaxvision_images", "does not exist"), ("cifar10", "not prepared")],
+)
+def test_missing_dataset_is_bad_input_with_a_message_not_a_traceback(dataset, says, capsys):
+    # On main: the folder's FileNotFoundError was a traceback with exit status 1, and an
+    # unprepared tfds dataset a RuntimeError reported as bad input only by accident.
+    wd = _with_dataset(f"missing_{dataset[:6]}", dataset)
+    assert evaluate.main(["--workdir", wd]) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err
+    assert not os.path.exists(os.path.join(wd, "eval"))
+
+
+def test_out_of_memory_and_xla_errors_are_runtime_failures_not_bad_input(monkeypatch, capsys):
+    # On main: "error: RESOURCE_EXHAUSTED ..." with exit status 2, as if the input were bad.
+    import jax
+
+    wd = _copy_of_cnn_run("oom")
+
+    def fail(message):
+        def forward_split(*args, **kwargs):
+            raise jax.errors.JaxRuntimeError(message)
+
+        return forward_split
+
+    monkeypatch.setattr(evaluate, "forward_split", fail("RESOURCE_EXHAUSTED: Out of memory"))
+    assert evaluate.main(["--workdir", wd]) == 1
+    err = capsys.readouterr().err
+    assert "out of memory" in err and "not bad input" in err
+    monkeypatch.setattr(evaluate, "forward_split", fail("INTERNAL: something in XLA"))
+    assert evaluate.main(["--workdir", wd]) == 1
+    assert "runtime failure" in capsys.readouterr().err

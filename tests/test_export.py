@@ -65,3 +65,23 @@ def test_export_refuses_bad_input(capsys):
     )
     assert "does not exist" in capsys.readouterr().err
     assert not os.path.exists(out)
+
+
+def test_runtime_failures_exit_1_not_2(monkeypatch, capsys):
+    # On main: an out-of-memory or XLA error while exporting was reported as bad input (2).
+    import jax
+
+    def fail(*args, **kwargs):
+        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while exporting")
+
+    monkeypatch.setattr(export, "export", fail)
+    out = os.path.join(scratch_dir("oom"), "out")
+    assert export.main([f"--workdir={cnn_workdir()}", "--format=stablehlo", f"--out={out}"]) == 1
+    assert "out of memory" in capsys.readouterr().err
+
+
+def test_unknown_format_is_bad_input(capsys):
+    out = os.path.join(scratch_dir("format"), "out")
+    assert export.main([f"--workdir={cnn_workdir()}", "--format=onnx", f"--out={out}"]) == 2
+    assert "stablehlo" in capsys.readouterr().err
+    assert not os.path.exists(out)

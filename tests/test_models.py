@@ -335,7 +335,7 @@ def test_wrong_input_size_is_a_clear_error():
 
 
 def test_summary_cli(capsys):
-    assert models_main.main(["vit_ti16", "--image-size", "32", "--num-classes", "10"]) == 0
+    assert models_main.main(["vit_ti16", "--image_size=32", "--num_classes=10"]) == 0
     out = capsys.readouterr().out
     assert "Transformer" in out and "GFLOPs" in out
     s = summarize("vit_ti16", num_classes=10, image_size=32)

@@ -1,6 +1,7 @@
 """predict: agrees with evaluate on the same images, any size/colour mode, batched, errors."""
 
 import copy
+import hashlib
 import io
 import json
 import os
@@ -26,10 +27,8 @@ def predictor() -> predict.Predictor:
 def test_images() -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     """The first test-split images (decoded), and evaluate's probabilities for them."""
     wd = cnn_workdir()
-    out = evaluate.output_dir(wd, "test")
-    if not os.path.isfile(os.path.join(out, "predictions.npz")):
-        assert evaluate.main(["--workdir", wd]) == 0
-    preds = np.load(os.path.join(out, "predictions.npz"))
+    # Written by training's end-of-run evaluation; no test rewrites the shared run's files.
+    preds = np.load(os.path.join(evaluate.output_dir(wd, "test"), "predictions.npz"))
     info = data.prepare(workdir.load_config(wd))
     ds = info.builder.as_dataset(split="test", shuffle_files=False).take(NUM_IMAGES)
     examples = list(tfds.as_numpy(ds))
@@ -118,9 +117,7 @@ def test_cli_prints_one_json_line_per_image(predictor, test_images):
     images, _, _ = test_images
     d = scratch_dir("cli")
     paths = [_save(images[0], os.path.join(d, "a.png")), _save(images[1], os.path.join(d, "b.jpg"))]
-    result = run_cli(
-        ["-m", "jaxvision.predict", f"--workdir={cnn_workdir()}", *paths, "--top-k", "3"]
-    )
+    result = run_cli(["-m", "jaxvision.predict", f"--workdir={cnn_workdir()}", *paths, "--top_k=3"])
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
     expected = predictor.predict(paths, top_k=3)
@@ -142,23 +139,31 @@ def test_explain_writes_one_overlay_per_image(test_images, capsys):
     assert len(capsys.readouterr().out.strip().splitlines()) == 3
 
 
-def test_bad_inputs_exit_nonzero_and_write_nothing(test_images, capsys):
+def test_unreadable_files_get_an_error_line_and_the_others_are_predicted(test_images, capsys):
+    # On main: the first unreadable file stopped the command, no prediction at all, exit 2.
     images, _, _ = test_images
     d = scratch_dir("bad")
     good = _save(images[0], os.path.join(d, "good.png"))
     text = os.path.join(d, "notes.png")
     with open(text, "w") as f:
         f.write("this is not an image")
+    missing = os.path.join(d, "missing.png")
+    other = _save(images[1], os.path.join(d, "other.jpg"))
     out = os.path.join(d, "overlays")
-    assert predict.main(["--workdir", cnn_workdir(), good, text, "--explain", out]) == 2
+    argv = ["--workdir", cnn_workdir(), good, text, missing, other, "--explain", out]
+    assert predict.main(argv) == 2
     captured = capsys.readouterr()
-    assert "notes.png" in captured.err and "cannot decode" in captured.err
-    assert captured.out == ""
-    assert not os.path.exists(out)
+    lines = [json.loads(line) for line in captured.out.strip().splitlines()]
+    assert [line["image"] for line in lines] == [good, text, missing, other]
+    assert "top_k" in lines[0] and "top_k" in lines[3]
+    assert "cannot decode" in lines[1]["error"] and "no such file" in lines[2]["error"]
+    assert "2 of 4 images could not be read" in captured.err
+    assert sorted(os.listdir(out)) == ["good.png", "other.png"]
 
-    assert predict.main(["--workdir", cnn_workdir(), os.path.join(d, "missing.png")]) == 2
-    assert "no such file" in capsys.readouterr().err
 
+def test_bad_workdirs_exit_2_and_write_nothing(test_images, capsys):
+    images, _, _ = test_images
+    good = _save(images[0], os.path.join(scratch_dir("bad_workdir"), "good.png"))
     no_ckpt = scratch_dir("no_ckpt")
     with open(os.path.join(cnn_workdir(), "config.json")) as f:
         config_json = f.read()
@@ -170,6 +175,85 @@ def test_bad_inputs_exit_nonzero_and_write_nothing(test_images, capsys):
 
     result = run_cli(["-m", "jaxvision.predict", "--workdir=/nonexistent/run", good])
     assert result.returncode == 2 and "does not exist" in result.stderr and result.stdout == ""
+
+
+def _sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def test_explain_refuses_a_folder_that_holds_its_inputs(test_images, capsys):
+    # On main: --explain DIR with DIR/x.png as input replaced x.png by its overlay.
+    images, _, _ = test_images
+    d = scratch_dir("explain_inputs")
+    x = _save(images[0], os.path.join(d, "x.png"))
+    nested = os.path.join(d, "sub")
+    os.makedirs(nested)
+    y = _save(images[1], os.path.join(nested, "y.png"))
+    before = {p: _sha256(p) for p in (x, y)}
+    for out, inputs in [(d, [x]), (d, [y]), (os.path.join(d, "."), [x])]:
+        for extra in ([], ["--overwrite"]):
+            argv = ["--workdir", cnn_workdir(), *inputs, f"--explain={out}", *extra]
+            assert predict.main(argv) == 2
+            captured = capsys.readouterr()
+            assert "holds the input" in captured.err and captured.out == ""
+    assert {p: _sha256(p) for p in (x, y)} == before
+    assert sorted(os.listdir(d)) == ["sub", "x.png"]
+
+
+def test_explain_never_overwrites_unless_asked_and_names_are_unique(test_images, capsys):
+    # On main: two inputs with the same stem overwrote each other's overlay.
+    images, _, _ = test_images
+    d = scratch_dir("explain_names")
+    for sub in ("a", "b"):
+        os.makedirs(os.path.join(d, sub))
+    paths = [
+        _save(images[0], os.path.join(d, "a", "x.png")),
+        _save(images[1], os.path.join(d, "b", "x.png")),
+        _save(images[2], os.path.join(d, "b", "x.jpg")),
+        _save(images[3], os.path.join(d, "b", "x-2.png")),
+    ]
+    assert predict.overlay_names(paths) == ["x.png", "x-2.png", "x-3.png", "x-2-2.png"]
+    out = os.path.join(d, "overlays")
+    os.makedirs(out)
+    keep = os.path.join(out, "x-3.png")
+    with open(keep, "w") as f:
+        f.write("the user's own file")
+    kept = _sha256(keep)
+    # A link in the output folder to an image elsewhere is replaced, never written through.
+    elsewhere = _save(images[4], os.path.join(d, "elsewhere.png"))
+    os.symlink(elsewhere, os.path.join(out, "x.png"))
+    before = _sha256(elsewhere)
+    assert predict.main(["--workdir", cnn_workdir(), *paths, f"--explain={out}"]) == 2
+    captured = capsys.readouterr()
+    assert "--overwrite" in captured.err and "x-3.png" in captured.err and captured.out == ""
+    assert _sha256(keep) == kept
+
+    assert (
+        predict.main(["--workdir", cnn_workdir(), *paths, f"--explain={out}", "--overwrite"]) == 0
+    )
+    assert sorted(os.listdir(out)) == ["x-2-2.png", "x-2.png", "x-3.png", "x.png"]
+    assert os.path.getsize(keep) > 1000 and not os.path.islink(os.path.join(out, "x.png"))
+    assert _sha256(elsewhere) == before
+    assert len(capsys.readouterr().out.strip().splitlines()) == 4
+
+
+def test_tiff_and_other_pil_formats_are_predicted_like_png(predictor, test_images):
+    # On main: a TIFF among three images gave no prediction at all, exit 2.
+    images, _, _ = test_images
+    d = scratch_dir("tiff")
+    png = [_save(im, os.path.join(d, f"{i}.png")) for i, im in enumerate(images[:3])]
+    tiff = _save(images[0], os.path.join(d, "0.tiff"))
+    tiff_lzw = _save(images[1], os.path.join(d, "1.tif"), compression="tiff_lzw")
+    gray16 = (images[2][..., 0].astype(np.uint16) * 257).astype(np.uint16)
+    tiff16 = os.path.join(d, "2_16bit.tif")
+    Image.fromarray(gray16).save(tiff16)  # mode I;16
+    gray8 = _save(images[2][..., 0], os.path.join(d, "2_gray.png"))
+    results = predictor.predict([png[0], tiff, tiff_lzw, png[1], tiff16], skip_unreadable=True)
+    assert all("top_k" in r for r in results), results
+    probs = predictor.probabilities([tiff, tiff_lzw, tiff16])
+    expected = predictor.probabilities([png[0], png[1], gray8])
+    np.testing.assert_allclose(probs, expected, atol=1e-6)
 
 
 def test_array_inputs_must_be_uint8(predictor):

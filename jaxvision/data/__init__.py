@@ -27,6 +27,7 @@ from jax.sharding import Mesh
 from jaxvision import parallel
 from jaxvision.data import builders, catalog, folder, preprocess, sampling, sources
 from jaxvision.data.catalog import DatasetSpec
+from jaxvision.exit_status import BadInputError
 
 tf.config.set_visible_devices([], "GPU")
 tf.config.set_visible_devices([], "TPU") if tf.config.list_physical_devices("TPU") else None
@@ -92,7 +93,7 @@ def _tfds_source(config: ml_collections.ConfigDict, spec: DatasetSpec) -> source
         except Exception as e:
             raise RuntimeError(_not_prepared(spec, builder, f"preparing it failed: {e}")) from e
     elif not builder.is_prepared():
-        raise RuntimeError(_not_prepared(spec, builder))
+        raise BadInputError(_not_prepared(spec, builder))
     return sources.TfdsSource(builder)
 
 
@@ -105,6 +106,7 @@ def _folder_source(config: ml_collections.ConfigDict, spec: DatasetSpec) -> sour
         validation_fraction=cfg.validation_fraction,
         on_bad_file=cfg.on_bad_file,
         cache_dir=_data_dir(cfg) or "",
+        max_image_pixels=cfg.max_image_pixels,
     )
     return sources.FolderSource(scanned)
 

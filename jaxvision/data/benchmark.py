@@ -18,6 +18,8 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
+from jaxvision import command_line
+
 
 def write_jpegs(root: str, num: int, num_classes: int = 4, size=(375, 500), seed: int = 0) -> None:
     """Writes `num` photo-sized JPEGs (smooth colour fields plus noise) into root/train/<class>/."""
@@ -86,7 +88,7 @@ def main() -> None:
             write_jpegs(jpeg_dir.value, num_jpegs.value)
         print(json.dumps(measure(config.value, warmup.value, batches.value)), flush=True)
 
-    app.run(run)
+    app.run(command_line.reports_failures(run), flags_parser=command_line.parse_global_flags)
 
 
 if __name__ == "__main__":

@@ -3,16 +3,23 @@
 Classes are the sorted sub-folder names of root/train (an empty class folder still gets
 its index, so labels match the folder order). Every file is decoded once when the folder
 is first scanned, with the same decoder the pipeline uses, so a file that passes can
-never fail later inside tf.data; files that are empty, not images or corrupt are reported
-with their path and skipped (or, with dataset.on_bad_file="error", stop the run). The
-verdicts are cached per (path, size, mtime) so later runs and resumes scan in seconds.
+never fail later inside tf.data. Files that are empty, not images, corrupt, dangling links,
+unreadable, named in bytes that are not UTF-8, or larger than dataset.max_image_pixels
+(read from the header, never decoded: decompression bombs) are reported by path in a
+warning and skipped (or, with dataset.on_bad_file="error", stop the run). The verdicts are
+cached per (path, size, mtime, pixel limit) so later runs and resumes scan in seconds.
 """
 
 import concurrent.futures
 import dataclasses
+import functools
 import hashlib
+import io
 import json
 import os
+import re
+import stat
+import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -22,6 +29,18 @@ from jaxvision.data import preprocess
 
 EVAL_DIRS = ("test", "val", "validation")
 _LOG_LINES = 21  # the summary and the first 20 problems
+# Why a file is skipped, as ScanReport fields and the words the report uses.
+REASONS = {
+    "empty": "empty",
+    "not_image": "not an image",
+    "corrupt": "corrupt",
+    "broken_link": "dangling symbolic link",
+    "unreadable": "unreadable",
+    "bad_name": "file name is not UTF-8",
+    "too_large": "more pixels than dataset.max_image_pixels",
+}
+# Verdicts that depend on the file system's state, not the file's bytes: never cached.
+_UNCACHED = ("broken_link", "unreadable", "bad_name")
 
 
 @dataclasses.dataclass
@@ -32,28 +51,77 @@ class ScanReport:
     empty: list[str] = dataclasses.field(default_factory=list)
     not_image: list[str] = dataclasses.field(default_factory=list)
     corrupt: list[str] = dataclasses.field(default_factory=list)
+    broken_link: list[str] = dataclasses.field(default_factory=list)
+    unreadable: list[str] = dataclasses.field(default_factory=list)
+    bad_name: list[str] = dataclasses.field(default_factory=list)
+    too_large: list[str] = dataclasses.field(default_factory=list)
     empty_classes: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def num_skipped(self) -> int:
         """Files left out of the dataset."""
-        return len(self.empty) + len(self.not_image) + len(self.corrupt)
+        return sum(len(getattr(self, reason)) for reason in REASONS)
 
     def lines(self) -> list[str]:
         """Human-readable report, one problem per line."""
         out = [f"{self.num_images} images, {self.num_skipped} files skipped"]
-        for reason in ("empty", "not_image", "corrupt"):
-            out += [f"skipped ({reason.replace('_', ' ')}): {p}" for p in getattr(self, reason)]
+        for reason, words in REASONS.items():
+            out += [f"skipped ({words}): {printable(p)}" for p in getattr(self, reason)]
         out += [f"class folder with no images: {c}" for c in self.empty_classes]
         return out
 
 
-def _verdict(path: str) -> str:
-    """ "ok", "empty", "not_image" or "corrupt" for one file."""
-    with open(path, "rb") as f:
-        data = f.read()
+def printable(path: str) -> str:
+    """`path` with bytes that are not UTF-8 shown as escapes (os.walk keeps them as surrogates)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _pixels(data: bytes) -> float | None:
+    """Width x height from the image header, without decoding; None if PIL cannot tell."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+    except Image.DecompressionBombError as e:
+        # PIL refuses beyond twice its own limit; its message carries the size.
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        return float(found.group(1)) if found else float("inf")
+    except Exception:  # not an image PIL knows: TF's decoder below has the last word
+        return None
+    return width * height
+
+
+def _file_problem(path: str) -> str | None:
+    """ "bad_name", "broken_link" or "unreadable" for a file that cannot be read as data."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return "bad_name"  # tf.data takes UTF-8 strings only
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return "broken_link" if os.path.islink(path) else "unreadable"
+    except OSError:
+        return "unreadable"
+    # FIFOs, sockets and devices: reading one could block the scan forever.
+    return None if stat.S_ISREG(info.st_mode) else "unreadable"
+
+
+def _verdict(path: str, max_pixels: int = 0) -> str:
+    """ "ok" or a key of REASONS for one file."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return "unreadable"
     if not data:
         return "empty"
+    pixels = _pixels(data)
+    if max_pixels and pixels is not None and pixels > max_pixels:
+        return "too_large"
     try:
         image = preprocess.decode_bytes(tf.constant(data), 3)
     except tf.errors.InvalidArgumentError as e:
@@ -89,9 +157,13 @@ def _save_cache(path: str, verdicts: dict) -> None:
 def _walk(directory: str) -> list[str]:
     """Every non-hidden file under `directory`, in sorted order."""
     files = []
+
     # Symlinked class folders work (the top is always followed); links below are not
     # followed, so a link cycle cannot make the scan loop forever.
-    for dirpath, dirnames, filenames in os.walk(directory):
+    def unreadable(error: OSError) -> None:
+        log.warning("Cannot list %s (%s); its images are left out.", error.filename, error)
+
+    for dirpath, dirnames, filenames in os.walk(directory, onerror=unreadable):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         files += [os.path.join(dirpath, f) for f in sorted(filenames) if not f.startswith(".")]
     return files
@@ -158,6 +230,7 @@ def scan(
     on_bad_file: str = "skip",
     cache_dir: str = "",
     threads: int = 8,
+    max_image_pixels: int = 0,
 ) -> ImageFolder:
     """Lists, verifies and splits an image folder; bad files are reported and skipped."""
     root = os.path.expanduser(root)
@@ -191,24 +264,31 @@ def scan(
     cache_file = _cache_path(root, cache_dir or os.path.expanduser("~/.cache/jaxvision"))
     cache = _load_cache(cache_file)
     files = [p for entries in listing.values() for p, _ in entries]
-    keys = {}
+    keys, verdicts = {}, {}
     for p in files:
+        problem = _file_problem(p)
+        if problem:
+            verdicts[p] = problem
+            continue
         st = os.stat(p)
-        keys[p] = f"{os.path.relpath(p, root)}|{st.st_size}|{st.st_mtime_ns}"
-    todo = [p for p in files if keys[p] not in cache]
+        keys[p] = f"{os.path.relpath(p, root)}|{st.st_size}|{st.st_mtime_ns}|{max_image_pixels}"
+    todo = [p for p in keys if keys[p] not in cache]
     if todo:
         log.info("Verifying %d new image files in %s ...", len(todo), root)
+        check = functools.partial(_verdict, max_pixels=max_image_pixels)
         with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-            for p, v in zip(todo, pool.map(_verdict, todo)):
+            for p, v in zip(todo, pool.map(check, todo)):
                 cache[keys[p]] = v
-        _save_cache(cache_file, {keys[p]: cache[keys[p]] for p in files})
+        # Unreadable files may become readable: only verdicts on their bytes are kept.
+        _save_cache(cache_file, {k: cache[k] for k in keys.values() if cache[k] not in _UNCACHED})
+    verdicts.update({p: cache[k] for p, k in keys.items()})
     report = ScanReport()
     splits = {}
     for split, entries in listing.items():
-        good = [(p, label) for p, label in entries if cache[keys[p]] == "ok"]
+        good = [(p, label) for p, label in entries if verdicts[p] == "ok"]
         for p, _ in entries:
-            if cache[keys[p]] != "ok":
-                getattr(report, cache[keys[p]]).append(p)
+            if verdicts[p] != "ok":
+                getattr(report, verdicts[p]).append(p)
         paths = [p for p, _ in good]
         labels = np.asarray([label for _, label in good], np.int64)
         order = _storage_order(len(paths))
@@ -228,10 +308,11 @@ def scan(
             + "\n".join(report.lines()[1:21])
         )
     lines = report.lines()
-    for line in lines[:_LOG_LINES]:
-        log.info("%s: %s", root, line)
+    log.info("%s: %s", root, lines[0])
+    for line in lines[1:_LOG_LINES]:
+        log.warning("%s: %s", root, line)
     if len(lines) > _LOG_LINES:
-        log.info("%s: ... and %d more (see ScanReport)", root, len(lines) - _LOG_LINES)
+        log.warning("%s: ... and %d more (see ScanReport)", root, len(lines) - _LOG_LINES)
     other = [d for d in EVAL_DIRS if d in splits]
     if eval_split not in splits and other:
         log.info("%s has no %s/: evaluating on %s/.", root, eval_split, other[0])

@@ -1,35 +1,39 @@
-"""`python -m jaxvision.models NAME [--image-size S] [--num-classes K]`: model summary."""
+"""`python -m jaxvision.models NAME [--image_size=S] [--num_classes=K]`: model summary.
 
-import argparse
+Prints parameters, GFLOPs per image and a per-module table of a registered model.
+"""
+
 import sys
 
+from absl import app, flags
+
+from jaxvision import command_line, exit_status
 from jaxvision.models import names
 from jaxvision.models.summary import format_summary, summarize
 
+FLAGS = flags.FlagValues()  # this tool's own, so it can be imported next to other tools
+_IMAGE_SIZE = flags.DEFINE_integer(
+    "image_size", None, "Input side in pixels (default: the model's own).", flag_values=FLAGS
+)
+_NUM_CLASSES = flags.DEFINE_integer(
+    "num_classes", 1000, "Classes of the head.", lower_bound=1, flag_values=FLAGS
+)
+
+
+def _summarize(args: list[str]) -> None:
+    if len(args) != 1:
+        raise app.UsageError("Give one model name, e.g. vit_b16 or resnet50.")
+    if args[0] not in names():
+        raise exit_status.BadInputError(
+            f"unknown model name {args[0]!r}. Known models: {', '.join(names())}"
+        )
+    summary = summarize(args[0], num_classes=_NUM_CLASSES.value, image_size=_IMAGE_SIZE.value)
+    print(format_summary(summary))
+
 
 def main(argv: list[str] | None = None) -> int:
-    """Prints parameters, GFLOPs and a per-module table; exit code 2 on a bad name or size."""
-    parser = argparse.ArgumentParser(
-        prog="python -m jaxvision.models",
-        description="Summarise a registered model: parameters, GFLOPs per image, modules.",
-    )
-    parser.add_argument("name", help="a registered model name, e.g. vit_b16 or resnet50")
-    parser.add_argument("--image-size", type=int, default=None, help="default: the model's own")
-    parser.add_argument("--num-classes", type=int, default=1000)
-    args = parser.parse_args(argv)
-    if args.name not in names():
-        print(
-            f"error: unknown model name {args.name!r}. Known models: {', '.join(names())}",
-            file=sys.stderr,
-        )
-        return 2
-    try:
-        summary = summarize(args.name, num_classes=args.num_classes, image_size=args.image_size)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(format_summary(summary))
-    return 0
+    """Runs the command on `argv` (default: the process's); returns its exit status."""
+    return command_line.run("jaxvision.models", __doc__, FLAGS, _summarize, argv)
 
 
 if __name__ == "__main__":
