@@ -35,7 +35,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     import jax
 
-    from jaxvision import checkpoint, compile_cache, console, parallel, train
+    from jaxvision import checkpoint, compile_cache, console, exit_status, parallel, train
 
     console.setup()
     compile_cache.configure(_COMPILATION_CACHE.value)
@@ -52,6 +52,8 @@ def main(argv: list[str]) -> None:
     except (train.DivergedError, checkpoint.CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except exit_status.Preempted:
+        sys.exit(exit_status.PREEMPTED)
     console.log.info("Final: %s", {k: round(v, 4) for k, v in result.items()})
 
 

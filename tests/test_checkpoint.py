@@ -164,7 +164,7 @@ def test_sigterm_saves_a_restorable_checkpoint_at_the_current_step(tmp_path):
     _wait_for(os.path.join(workdir, "checkpoints", "10", checkpoint.MANIFEST), proc)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 0, stderr[-3000:]
+    assert proc.returncode == 143, stderr[-3000:]  # exit_status.PREEMPTED: schedulers requeue
     line = next(x for x in stderr.splitlines() if "SIGTERM received" in x)
     step = int(line.split("at step ")[1].split(";")[0])
     assert 10 <= step < 400
@@ -236,7 +236,9 @@ def test_divergence_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
     smoke_config.schedule.boundaries_steps = (12,)
     smoke_config.schedule.decay_factor = 1e30
     workdir = str(tmp_path / "run")
-    with pytest.raises(train.DivergedError, match=r"at step 1[2-5]: train/(loss|grad_norm) ="):
+    with pytest.raises(
+        train.DivergedError, match=r"at step 1[2-5]: train/(loss|grad_norm|param_norm) ="
+    ):
         train.run(smoke_config, workdir)
     ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"))
     assert ckpts.all_steps() == [10]
