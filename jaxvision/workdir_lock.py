@@ -1,5 +1,7 @@
 """One trainer per workdir: a lock file held for the whole run, naming its holder.
 
+Both files live in `checkpoints/`, the directory the lock protects.
+
 The lock is an OS file lock (`filelock`), so it is released when the process ends in any
 way, kill -9 included; a stale holder record never blocks a rerun. Only process 0 of a
 multi-process run takes it. Readers (evaluate, predict, export) never take it.
@@ -14,8 +16,8 @@ import filelock
 
 from jaxvision.exit_status import RunFailure
 
-LOCK_FILE = "jaxvision.lock"
-HOLDER_FILE = "jaxvision.lock.holder.json"
+LOCK_FILE = os.path.join("checkpoints", "jaxvision.lock")
+HOLDER_FILE = os.path.join("checkpoints", "jaxvision_lock_holder.json")
 
 
 class WorkdirBusy(RunFailure):
@@ -27,6 +29,7 @@ class WorkdirLock:
 
     def __init__(self, workdir: str):
         self.workdir = workdir
+        os.makedirs(os.path.join(workdir, "checkpoints"), exist_ok=True)
         self._lock = filelock.FileLock(os.path.join(workdir, LOCK_FILE), timeout=0)
 
     def __enter__(self) -> "WorkdirLock":
