@@ -85,6 +85,7 @@ def base() -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 500  # also at the end
     c.keep_checkpoints = 3
     c.on_nonfinite = "stop"  # NaN/Inf loss or gradient: "stop" the run or "skip" the step
+    c.max_skipped_share = 0.1  # with "skip": fail once more than this share of steps was skipped
     c.force_resume = False  # resume even if the model or data config changed
     return c
 
@@ -302,6 +303,8 @@ def _validate_optimization(config: ml_collections.ConfigDict, num_devices: int) 
     _check_choice("loss", config.loss, LOSSES)
     _check_choice("compute_dtype", config.compute_dtype, COMPUTE_DTYPES)
     _check_choice("on_nonfinite", config.on_nonfinite, ON_NONFINITE)
+    share = config.max_skipped_share
+    _require(0 <= share <= 1, f"max_skipped_share must be in [0, 1], got {share}.")
     _require(0 <= config.label_smoothing < 1, "label_smoothing must be in [0, 1).")
     for key in ("mixup_alpha", "cutmix_alpha"):
         _require(config.mixup[key] >= 0, f"mixup.{key} must be >= 0, got {config.mixup[key]}.")

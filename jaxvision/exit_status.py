@@ -21,11 +21,11 @@ class BadInputError(ValueError):
     """Bad input a user can correct (config, dataset, path, weights): exit status 2."""
 
 
-class RunFailure(RuntimeError):  # noqa: N818 (read as "raise RunFailure(...)")
+class RunFailure(RuntimeError):
     """A failure at run time (damaged checkpoint, unwritable workdir, ...): exit status 1."""
 
 
-class Preempted(Exception):  # noqa: N818 (a stop that saved, not an error)
+class Preempted(Exception):
     """Training stopped on a signal after saving `step`; the same command resumes it."""
 
     def __init__(self, signal_name: str, step: int):

@@ -1,5 +1,6 @@
 """The training loop: init or resume, step, eval, checkpoint, log, survive interruptions."""
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -19,6 +20,8 @@ import numpy as np
 from jaxvision import checkpoint, data, models, optim, parallel, steps, writers, xla_options
 from jaxvision import config as config_lib
 from jaxvision.console import log
+from jaxvision.exit_status import Preempted, RunFailure
+from jaxvision.workdir_lock import WorkdirLock
 
 # Dataset keys that change how fast data is read, not which data: free to change on resume.
 _RUNTIME_DATASET_KEYS = ("data_dir", "cache", "download", "parallel_calls", "threads")
@@ -32,8 +35,8 @@ def _one_shot_options() -> dict[str, Any] | None:
     return {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
-class DivergedError(RuntimeError):
-    """The loss or gradient became NaN/Inf; the message names the step and the metric."""
+class DivergedError(RunFailure):
+    """The loss, gradient or weights became NaN/Inf; the message names the step and metric."""
 
 
 def check_workdir(workdir: str) -> None:
@@ -264,20 +267,27 @@ class _StopRequest:
 
 
 def check_finite(records: list[tuple[int, dict]], on_nonfinite: str) -> int:
-    """Raises DivergedError at the first NaN/Inf step ("stop"); returns skipped ("skip")."""
+    """Raises DivergedError at the first NaN/Inf step ("stop"); returns skipped ("skip").
+
+    Weights that became NaN/Inf (`param_norm`) stop the run in either mode: a skipped step
+    keeps the old weights only when its loss or gradient was the non-finite one.
+    """
     skipped = 0
     for step, metrics in records:
         bad = [k for k in ("loss", "grad_norm") if not np.isfinite(metrics[k])]
-        if not bad and not metrics["nonfinite"]:
+        weights_bad = "param_norm" in metrics and not np.isfinite(metrics["param_norm"])
+        if not bad and not metrics["nonfinite"] and not weights_bad:
             continue
-        if on_nonfinite == "skip":
+        if on_nonfinite == "skip" and not weights_bad:
             skipped += 1
             continue
+        bad += ["param_norm"] if weights_bad and not metrics["nonfinite"] else []
         raise DivergedError(
             f"Training diverged at step {step}: "
             + ", ".join(f"train/{k} = {metrics[k]}" for k in bad or ["loss"])
             + ". The last good checkpoint is kept. Lower optimizer.learning_rate, set "
-            "optimizer.grad_clip_norm, or --config.on_nonfinite=skip to skip such steps."
+            "optimizer.grad_clip_norm"
+            + (", or --config.on_nonfinite=skip to skip such steps." if not weights_bad else ".")
         )
     return skipped
 
@@ -292,6 +302,7 @@ class _Loop:
         self.start_step = start_step
         self.best: tuple[float, int] | None = None
         self.final: dict[str, float] = {}
+        self.skipped = 0  # steps skipped by this process (on_nonfinite=skip)
 
     def fetch(self) -> list[tuple[int, dict]]:
         """Pending per-step metrics on the host, checked for NaN/Inf."""
@@ -299,7 +310,20 @@ class _Loop:
         skipped = check_finite(fetched, self.s.config.on_nonfinite)
         if skipped:
             log.warning("Skipped %d steps with a NaN/Inf loss or gradient.", skipped)
+            self.skipped += skipped
         return fetched
+
+    def check_skipped(self, step: int) -> None:
+        """Fails the run once more than `max_skipped_share` of its steps were skipped."""
+        share = self.skipped / max(step - self.start_step, 1)
+        if self.skipped and share > self.s.config.max_skipped_share:
+            raise DivergedError(
+                f"{self.skipped} of the {step - self.start_step} steps up to step {step} had a "
+                f"NaN/Inf loss or gradient and were skipped ({share:.0%}, more than "
+                f"max_skipped_share={self.s.config.max_skipped_share}). The last good "
+                "checkpoint is kept. Lower optimizer.learning_rate or set "
+                "optimizer.grad_clip_norm."
+            )
 
     def log_train(self, step: int) -> None:
         fetched = self.fetch()
@@ -335,6 +359,13 @@ class _Loop:
 
     def save(self, state, step: int) -> None:
         self.fetch()  # never checkpoint a diverged state
+        self.check_skipped(step)
+        if not checkpoint.all_finite((state.params, state.batch_stats)):
+            raise DivergedError(
+                f"The weights hold NaN/Inf at step {step}; they were not saved and the last "
+                "good checkpoint is kept. Lower optimizer.learning_rate or set "
+                "optimizer.grad_clip_norm."
+            )
         meta = {"step": step, "dataset": self.s.info.spec.name}
         self.ckpts.save(step, state, {**meta, "config": config_record(self.s.config)})
 
@@ -384,14 +415,31 @@ def _train(s: _Setup, state, loop: _Loop, stop: _StopRequest) -> tuple[Any, int]
     return state, step
 
 
+def _workdir_lock(workdir: str):
+    """The workdir's writer lock, taken by process 0 (the others share its run)."""
+    if jax.process_index() != 0 or "://" in workdir:
+        return contextlib.nullcontext()
+    return WorkdirLock(workdir)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Trains `config` in `workdir`, resuming from its latest checkpoint; returns final metrics."""
+    """Trains `config` in `workdir`, resuming from its latest checkpoint; returns final metrics.
+
+    Raises `exit_status.Preempted` after saving when stopped by SIGTERM/SIGINT,
+    `workdir_lock.WorkdirBusy` when another run trains in `workdir`, and RunFailure
+    (DivergedError, CheckpointError) when training or a checkpoint fails.
+    """
     check_workdir(workdir)
     parallel.set_cpu_devices(config.parallel.cpu_devices)
     config_lib.validate(config, num_devices=jax.device_count(), num_processes=jax.process_count())
     config = with_pretrained_overrides(config)
-    s = _build(config)
     os.makedirs(workdir, exist_ok=True)
+    with _workdir_lock(workdir):
+        return _run_locked(config, workdir)
+
+
+def _run_locked(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    s = _build(config)
     ckpts = checkpoint.Checkpoints(
         os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints
     )
@@ -420,8 +468,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         ckpts.close()  # pending saves finish even when the run fails
     writer.close()
     if stop.signal_name:
-        result["train/stopped_at_step"] = float(step)
-        return result
+        raise Preempted(stop.signal_name, step)
     # Imported here: plotting libraries load only at the very end.
     from jaxvision.evaluate import after_training
 

@@ -1,5 +1,5 @@
 """Checkpoints that survive: integrity manifests, damaged and incompatible checkpoints,
-changed configs on resume, SIGTERM saves, and SIGKILL in the middle of a save."""
+changed configs on resume, and SIGKILL in the middle of a save (SIGTERM: test_schedulers.py)."""
 
 import json
 import logging
@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxvision import checkpoint, data, optim, steps, train
+from jaxvision import checkpoint, steps, train
 from tests.trained_runs import REPO
 
 
@@ -132,47 +132,11 @@ def _cli(workdir, *overrides, script=None):
     )
 
 
-def _restore(workdir, step):
-    from configs import quickstart
-
-    config = quickstart.get_config("smoke")
-    config.unlock()
-    config.dataset.name = "digits"
-    config.num_train_steps = 400
-    info = data.prepare(config)
-    model = train.create_model(config, info.num_classes)
-    tx = optim.build(config, 400)
-    like = steps.init_state(model, tx, config.seed, info.image_shape)
-    ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"))
-    try:
-        state, meta = ckpts.restore(step, like)
-    finally:
-        ckpts.close()
-    return state, meta
-
-
 def _wait_for(path, proc, seconds=300):
     deadline = time.time() + seconds
     while time.time() < deadline and not os.path.exists(path) and proc.poll() is None:
         time.sleep(0.05)
     assert os.path.exists(path), proc.communicate()[1][-3000:]
-
-
-def test_sigterm_saves_a_restorable_checkpoint_at_the_current_step(tmp_path):
-    workdir = str(tmp_path / "run")
-    proc = _cli(workdir)
-    _wait_for(os.path.join(workdir, "checkpoints", "10", checkpoint.MANIFEST), proc)
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 0, stderr[-3000:]
-    line = next(x for x in stderr.splitlines() if "SIGTERM received" in x)
-    step = int(line.split("at step ")[1].split(";")[0])
-    assert 10 <= step < 400
-    ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"))
-    assert ckpts.latest_step() == step
-    ckpts.close()
-    state, meta = _restore(workdir, step)
-    assert int(state.step) == step and meta["step"] == step
 
 
 # Trains like the CLI, but the save of step 20 hangs just before Orbax finalises it (after
@@ -236,7 +200,9 @@ def test_divergence_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
     smoke_config.schedule.boundaries_steps = (12,)
     smoke_config.schedule.decay_factor = 1e30
     workdir = str(tmp_path / "run")
-    with pytest.raises(train.DivergedError, match=r"at step 1[2-5]: train/(loss|grad_norm) ="):
+    with pytest.raises(
+        train.DivergedError, match=r"at step 1[2-5]: train/(loss|grad_norm|param_norm) ="
+    ):
         train.run(smoke_config, workdir)
     ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"))
     assert ckpts.all_steps() == [10]

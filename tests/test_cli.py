@@ -13,10 +13,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, run_cli
 
 from jaxvision import command_line, evaluate, exit_status, export, predict
 from jaxvision.models import __main__ as models_main
+from tests.trained_runs import REPO, run_cli
 
 # python -m MODULE for every entry point, and flags each must list in --help.
 ENTRY_POINTS = {
