@@ -433,13 +433,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     parallel.set_cpu_devices(config.parallel.cpu_devices)
     config_lib.validate(config, num_devices=jax.device_count(), num_processes=jax.process_count())
     config = with_pretrained_overrides(config)
+    # Built before the workdir exists: a config the data or schedule rejects leaves nothing.
+    s = _build(config)
     os.makedirs(workdir, exist_ok=True)
     with _workdir_lock(workdir):
-        return _run_locked(config, workdir)
+        return _run_locked(s, config, workdir)
 
 
-def _run_locked(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    s = _build(config)
+def _run_locked(s: _Setup, config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     ckpts = checkpoint.Checkpoints(
         os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints
     )
