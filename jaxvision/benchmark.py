@@ -111,17 +111,15 @@ def matmul_peak(dtype: str, size: int, warmup: int = 2, steps: int = 5) -> dict:
     }
 
 
-def _model_and_shape(config) -> tuple[Any, tuple[int, int, int], int]:
-    """The config's model and input shape, without reading or preparing the dataset."""
-    from jaxvision import train
+def _model_inputs(config) -> tuple[tuple[int, int, int], int]:
+    """The config's input shape and class count, without reading or preparing the dataset."""
     from jaxvision.data import catalog
 
     spec = catalog.resolve(config.dataset)
     preset = catalog.PRESETS.get(config.dataset.name)
     channels = preset.channels if preset else 3
     num_classes = spec.num_classes or 10  # image folders: the count only changes the head
-    model = train.create_model(config, num_classes)
-    return model, (spec.image_size, spec.image_size, channels), num_classes
+    return (spec.image_size, spec.image_size, channels), num_classes
 
 
 def _random_batches(shape, num_classes: int, batch_size: int, sharding, count: int = 2) -> list:
@@ -141,59 +139,34 @@ def _random_batches(shape, num_classes: int, batch_size: int, sharding, count: i
 
 
 class Bench:
-    """The train and eval steps of one config, built exactly as `jaxvision.train` builds them."""
+    """The train and eval steps of one config, from `step_factory.build` as training uses."""
 
     def __init__(self, config, materialize: bool = True):
-        import functools
-
         import jax
         import jax.numpy as jnp
 
-        from jaxvision import optim, parallel, steps, xla_options
+        from jaxvision import step_factory
 
         self.config = config
-        self.model, self.shape, num_classes = _model_and_shape(config)
+        self.shape, num_classes = _model_inputs(config)
         # The schedule's values do not change the step's cost; a long nominal run keeps any
         # warmup (in steps or epochs) valid without knowing the dataset's size.
-        total, per_epoch = 1_000_000, 1_000.0
-        tx = optim.build(config, total, steps_per_epoch=per_epoch)
-        lr_fn = optim.learning_rate_schedule(config, total, steps_per_epoch=per_epoch)
-        mesh = parallel.make_mesh()
-        init = functools.partial(steps.init_state, self.model, tx, config.seed, self.shape)
-        self.abstract_state = jax.eval_shape(init)
-        state_sharding = parallel.state_shardings(
-            self.abstract_state,
-            mesh,
-            fsdp=config.parallel.fsdp,
-            min_size=config.parallel.fsdp_min_size,
+        built = step_factory.build(
+            config,
+            num_classes=num_classes,
+            image_shape=self.shape,
+            total_steps=1_000_000,
+            steps_per_epoch=1_000.0,
         )
-        batch_sharding, replicated = parallel.batch_sharding(mesh), parallel.replicated(mesh)
-        options = steps.StepOptions.from_config(config)
-        self.branches = options.train_branches(
-            bool(self.abstract_state.batch_stats), config.batch_size // config.grad_accum_steps
-        )
-        self.train_fn = jax.jit(
-            functools.partial(
-                steps.train_step, model=self.model, tx=tx, learning_rate_fn=lr_fn, options=options
-            ),
-            in_shardings=(state_sharding, batch_sharding),
-            out_shardings=(state_sharding, replicated),
-            donate_argnums=0,
-            compiler_options=xla_options.compiler_options(),
-        )
-
-        def forward(state, images):
-            variables = {"params": state.params}
-            if state.batch_stats:
-                variables["batch_stats"] = state.batch_stats
-            return steps.forward(self.model, variables, images)
-
-        self.infer_fn = jax.jit(
-            forward,
-            in_shardings=(state_sharding, batch_sharding),
-            compiler_options=xla_options.compiler_options(),
-        )
+        self.model = built.model
+        # Whether the backend swapped in its own algorithms (see _model_flops).
+        self.tuned = built.model != step_factory.create_model(config, num_classes)
+        self.abstract_state = built.abstract_state
+        self.branches = built.train_branches
+        self.train_fn = built.train_fn
+        self.infer_fn = built.infer_fn
         self.compiled_train = None
+        batch_sharding = built.batch_sharding
         # Shapes and shardings of a batch: compiling needs no values.
         self.abstract_batch = {
             "image": jax.ShapeDtypeStruct(
@@ -203,7 +176,7 @@ class Bench:
         }
         if not materialize:  # only for compiling against abstract shapes
             return
-        self.state = jax.jit(init, out_shardings=state_sharding)()
+        self.state = built.init_fn()
         self.batches = _random_batches(self.shape, num_classes, config.batch_size, batch_sharding)
         eval_size = config.eval_batch_size or config.batch_size
         self.eval_images = [
@@ -229,27 +202,26 @@ class Bench:
         }
 
     def _model_flops(self) -> float:
-        """FLOPs of the step as written, with `scan` and `winograd` off (0 if both are off).
+        """FLOPs of the step as written: unscanned, without backend tuning (0 if the same).
 
         XLA's cost analysis counts a while loop's body once, not once per iteration, so a
-        scanned model would report 1/depth of its matmul FLOPs; and it counts a Winograd
-        convolution's (4x fewer) products, where MFU counts the model's. Lowering (no
-        compile) the plain twin gives the model's count.
+        scanned model would report 1/depth of its matmul FLOPs; and it counts the products
+        of the backend's faster algorithms (fewer), where MFU counts the model's. Lowering
+        (no compile) the plain twin as on a TPU gives the model's count.
         """
+        from jaxvision import backend
+        from jaxvision.models.summary import xla_flops
+
         scan = self.config.model.get("scan", False)
-        winograd = getattr(self.model, "winograd", False)  # a ResNet field, on by default
-        if not (scan or winograd):
+        if not (scan or self.tuned):
             return 0.0
         config = self.config.copy_and_resolve_references()
         config.unlock()
         if scan:
             config.model.scan = False
-        if winograd:
-            config.model.winograd = False
-        twin = Bench(config, materialize=False)
-        from jaxvision.models.summary import xla_flops
-
-        return xla_flops(twin.train_fn.lower(twin.abstract_state, self.abstract_batch))
+        with backend.forced("tpu"):
+            twin = Bench(config, materialize=False)
+            return xla_flops(twin.train_fn.lower(twin.abstract_state, self.abstract_batch))
 
     def memory(self) -> dict:
         """XLA's buffer plan of the compiled train step and the process's peak resident memory."""
@@ -361,7 +333,7 @@ def _measure(config, what: list[str], warmup: int, steps: int, peak_size: int) -
         if "infer" in what:
             yield bench.infer(warmup, steps)
         if "profile" in what:
-            from jaxvision import op_profile
+            from jaxvision.backend import op_profile
 
             if "train" not in what:
                 bench.train(warmup, 1)
@@ -405,10 +377,10 @@ def main(argv: list[str]) -> None:
     """Prints one JSON line per measurement, then the summary line."""
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    from jaxvision import compile_cache, console
+    from jaxvision import backend, console
 
     # Compile times are the measurement: never loaded from a cache set in the environment.
-    compile_cache.disable()
+    backend.configure_compile_cache("")
     if "profile" in _WHAT.value:
         # Per-op trace events; read when the CPU backend starts, so set before first use.
         flags_env = os.environ.get("XLA_FLAGS", "")
@@ -428,7 +400,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from jaxvision import host_memory
+    from jaxvision import backend
 
-    host_memory.reexec_with_huge_pages()
+    backend.reexec_with_huge_pages()
     app.run(command_line.reports_failures(main), flags_parser=command_line.parse_global_flags)

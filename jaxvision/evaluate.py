@@ -19,7 +19,7 @@ from absl import app, flags
 from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec
 
-from jaxvision import command_line, data, metrics, parallel, plots, steps, xla_options
+from jaxvision import backend, command_line, data, metrics, parallel, plots
 from jaxvision import workdir as workdir_lib
 from jaxvision.console import log
 
@@ -37,13 +37,12 @@ def forward_split(
     split's order, on every process (a collective: all processes must call it)."""
 
     @functools.partial(
-        jax.jit,
+        backend.jit,
         in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
         out_shardings=parallel.batch_sharding(mesh),
-        compiler_options=xla_options.compiler_options(),
     )
     def forward(variables, batch):
-        logits = steps.forward(model, variables, batch["image"])
+        logits = backend.forward(model, variables, batch["image"])
         return logits, batch["label"], batch["mask"]
 
     variables = jax.device_put(variables, parallel.replicated(mesh))

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvision import xla_options
+from jaxvision import backend
 from jaxvision.models.cnn import Cnn
 from jaxvision.models.resnet import ResNet
 from jaxvision.models.vit import VisionTransformer
@@ -107,10 +107,9 @@ def grad_cam(
 def explainer(model: nn.Module) -> Callable[..., tuple[np.ndarray, str]]:
     """`explain` for `model` with its jitted functions built once: reuse it across batches."""
     method = method_for(model)
-    options = xla_options.compiler_options()
-    rollout_fn = jax.jit(lambda v, x: attention_rollout(model, v, x), compiler_options=options)
-    logits_fn = jax.jit(lambda v, x: model.apply(v, x, train=False), compiler_options=options)
-    cam_fn = jax.jit(lambda v, x, c: grad_cam(model, v, x, c), compiler_options=options)
+    rollout_fn = backend.jit(lambda v, x: attention_rollout(model, v, x))
+    logits_fn = backend.jit(lambda v, x: model.apply(v, x, train=False))
+    cam_fn = backend.jit(lambda v, x, c: grad_cam(model, v, x, c))
 
     def run(
         variables: dict[str, Any], images: np.ndarray, classes: np.ndarray | None = None

@@ -36,10 +36,10 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     import jax
 
-    from jaxvision import compile_cache, console, parallel, train
+    from jaxvision import backend, console, parallel, train
 
     console.setup()
-    compile_cache.configure(_COMPILATION_CACHE.value)
+    backend.configure_compile_cache(_COMPILATION_CACHE.value)
     # Before process_index() below starts JAX; train.run's own call is for notebooks.
     parallel.set_cpu_devices(_CONFIG.value.parallel.cpu_devices)
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
@@ -50,7 +50,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from jaxvision import host_memory
+    from jaxvision import backend
 
-    host_memory.reexec_with_huge_pages()
+    backend.reexec_with_huge_pages()
     app.run(command_line.reports_failures(main), flags_parser=command_line.parse_global_flags)

@@ -22,11 +22,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-import jax
 import numpy as np
 from absl import app, flags
 
-from jaxvision import command_line, exit_status, metrics, steps, xla_options
+from jaxvision import backend, command_line, exit_status, metrics
 from jaxvision import workdir as workdir_lib
 
 Image = str | bytes | np.ndarray
@@ -107,10 +106,7 @@ class Predictor:
             lambda encoded: preprocess.apply(ops, encoded, tf.zeros([2], tf.int64)),
             input_signature=[tf.TensorSpec([], tf.string)],
         )
-        self._logits = jax.jit(
-            functools.partial(steps.forward, run.model),
-            compiler_options=xla_options.compiler_options(),
-        )
+        self._logits = backend.jit(functools.partial(backend.forward, run.model))
         self._explain = None  # built on first use: explain.explainer(run.model)
 
     @classmethod

@@ -1,7 +1,7 @@
 """Pure train and eval steps: (state, batch) -> (state, metrics), jit-able, no I/O."""
 
 import dataclasses
-import functools
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -39,7 +39,6 @@ class StepOptions:
     cutmix_alpha: float = 0.0
     mix_switch_prob: float = 0.5
     accum_steps: int = 1
-    branches: int = 1  # 0 = auto: `auto_branches` decides at trace time
     skip_nonfinite: bool = False
 
     @classmethod
@@ -52,13 +51,12 @@ class StepOptions:
             cutmix_alpha=config.mixup.cutmix_alpha,
             mix_switch_prob=config.mixup.switch_prob,
             accum_steps=config.grad_accum_steps,
-            branches=config.parallel.batch_branches,
             skip_nonfinite=config.on_nonfinite == "skip",
         )
 
-    def train_branches(self, has_batch_norm: bool, examples: int) -> int:
-        """The branch count a train step on `examples` examples runs (0 resolved by auto)."""
-        return self.branches or auto_branches(has_batch_norm, examples)
+
+# (params, batch_stats, batch, rng) -> (mean loss, (accuracy, new batch_stats))
+LossFn = Callable[[Any, Any, dict, jax.Array], tuple[jax.Array, tuple[jax.Array, Any]]]
 
 
 def init_state(
@@ -78,7 +76,8 @@ def init_state(
     )
 
 
-def _variables(params: Any, batch_stats: Any) -> dict:
+def variables(params: Any, batch_stats: Any) -> dict:
+    """The `variables` dict `model.apply` takes (no `batch_stats` entry for models without)."""
     if batch_stats:
         return {"params": params, "batch_stats": batch_stats}
     return {"params": params}
@@ -98,91 +97,49 @@ def _micro_batches(batch: dict[str, jax.Array], k: int) -> dict[str, jax.Array]:
     return jax.tree.map(lambda x: x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1), batch)
 
 
-def auto_branches(has_batch_norm: bool, examples: int, *, train: bool = True) -> int:
-    """How many independent branches a step on `examples` examples runs by default.
+def batch_loss(model: nn.Module, loss: str) -> LossFn:
+    """The mean weighted loss of `model` on a batch, with accuracy and new BatchNorm stats.
 
-    XLA:CPU runs some kernels on one thread (a batched matmul's products one after another,
-    e.g. attention over short sequences); independent sub-graphs over slices of the batch
-    let one slice's such kernels run beside another's. Only when the whole run is one CPU
-    device: with several (`parallel.cpu_devices`, or processes) each core already has its
-    own slice, and accelerators gain nothing. Training: 2 branches, and 1 with BatchNorm,
-    which would then see per-branch statistics. Inference: 4 (running statistics: exact
-    for every model).
+    Dropout and drop-path draw each example's masks from `rng` and the example's global
+    index (`batch["index"]`), so any split of the batch sees the same masks.
     """
-    if jax.default_backend() != "cpu" or jax.device_count() != 1:
-        return 1
-    b = (1 if has_batch_norm else 2) if train else 4
-    return b if examples % b == 0 else 1
 
-
-def forward(model: nn.Module, variables: dict, images: jax.Array) -> jax.Array:
-    """Eval-mode logits [N, K], over `auto_branches` independent slices of the batch."""
-    b = auto_branches(False, images.shape[0], train=False)
-    if b == 1:
-        return model.apply(variables, images, train=False)
-    # Jitted, the branch is traced once and called b times (XLA inlines the calls); XLA
-    # then also lays out the attention without 48 of its copies: ViT-Ti/4 inference 1.10x.
-    branch = jax.jit(functools.partial(model.apply, train=False))
-    return jnp.concatenate([branch(variables, x) for x in jnp.split(images, b)])
-
-
-def _grads(state, batch, dropout_rng, model, options):
-    """Mean loss gradient over the batch, accumulated over `accum_steps` micro-batches."""
-    has_bn = bool(state.batch_stats)
-
-    def branch_loss(params, batch_stats, mb, rng):
+    def loss_fn(params, batch_stats, batch, rng):
+        has_bn = bool(batch_stats)
         out = model.apply(
-            _variables(params, batch_stats),
-            mb["image"],
+            variables(params, batch_stats),
+            batch["image"],
             train=True,
+            example_index=batch["index"],
             rngs={"dropout": rng},
             mutable=["batch_stats"] if has_bn else False,
         )
         logits, updates = out if has_bn else (out, {})
-        losses = example_losses(logits, mb["target"], options.loss) * mb["weight"]
-        correct = jnp.mean(jnp.argmax(logits, -1) == mb["label"])
+        losses = example_losses(logits, batch["target"], loss) * batch["weight"]
+        correct = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
         return jnp.mean(losses), (correct, updates.get("batch_stats", batch_stats))
 
-    def loss_fn(params, batch_stats, mb, rng):
-        b = options.train_branches(has_bn, mb["image"].shape[0])
-        if b == 1:
-            return branch_loss(params, batch_stats, mb, rng)
-        # Independent sub-graphs over equal slices of the batch: the mean of their means is
-        # the batch mean, and XLA may run their kernels concurrently.
-        parts = _micro_batches(mb, b)
-        # Jitted, the branch is traced and differentiated once and called b times (XLA
-        # inlines the calls): tracing an unrolled ViT-B/16 step takes 1.7 s instead of 2.6.
-        branch = jax.jit(branch_loss)
-        outs = [
-            branch(
-                params,
-                batch_stats,
-                jax.tree.map(lambda x, i=i: x[i], parts),
-                jax.random.fold_in(rng, i),
-            )
-            for i in range(b)
-        ]
-        return jax.tree.map(lambda *xs: jnp.mean(jnp.stack(xs), 0), *outs)
+    return loss_fn
 
+
+def _grads(state, batch, dropout_rng, loss_fn: LossFn, accum_steps: int):
+    """Mean loss gradient over the batch, accumulated over `accum_steps` micro-batches."""
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    k = options.accum_steps
+    k = accum_steps
     if k == 1:
         (loss, (acc, stats)), grads = grad_fn(state.params, state.batch_stats, batch, dropout_rng)
         return loss, acc, stats, grads
 
-    def body(carry, xs):
+    def body(carry, mb):
         grad_sum, stats, loss_sum, acc_sum = carry
-        mb, i = xs
-        (loss, (acc, stats)), g = grad_fn(
-            state.params, stats, mb, jax.random.fold_in(dropout_rng, i)
-        )
+        # The same rng for every micro-batch: the masks differ by the examples' indices.
+        (loss, (acc, stats)), g = grad_fn(state.params, stats, mb, dropout_rng)
         grad_sum = jax.tree.map(jnp.add, grad_sum, g)
         return (grad_sum, stats, loss_sum + loss, acc_sum + acc), None
 
     zeros = jax.tree.map(jnp.zeros_like, state.params)
     init = (zeros, state.batch_stats, jnp.zeros(()), jnp.zeros(()))
-    xs = (_micro_batches(batch, k), jnp.arange(k))
-    (grad_sum, stats, loss_sum, acc_sum), _ = jax.lax.scan(body, init, xs)
+    (grad_sum, stats, loss_sum, acc_sum), _ = jax.lax.scan(body, init, _micro_batches(batch, k))
     grads = jax.tree.map(lambda g: g / k, grad_sum)
     return loss_sum / k, acc_sum / k, stats, grads
 
@@ -195,10 +152,17 @@ def train_step(
     tx: optax.GradientTransformation,
     learning_rate_fn: optax.Schedule,
     options: StepOptions = StepOptions(),
+    loss_transform: Callable[[LossFn], LossFn] | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer step on a global batch; returns the new state and scalar metrics."""
+    """One optimizer step on a global batch; returns the new state and scalar metrics.
+
+    `loss_transform` maps the per-(micro-)batch loss function to one with the same
+    signature and value, e.g. one that evaluates it over slices of the batch.
+    """
     dropout_rng, mix_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
     images, labels = batch["image"], batch["label"]
+    # Each example's index in the global batch: what its random masks are drawn from.
+    index = batch.get("index", jnp.arange(labels.shape[0], dtype=jnp.int32))
     targets = jax.nn.one_hot(labels, model.num_classes, dtype=jnp.float32)
     images, targets = mix.mix_batch(
         mix_rng,
@@ -212,8 +176,19 @@ def train_step(
         targets = optax.smooth_labels(targets, options.label_smoothing)
     # Optional per-example weights (class-weighted loss) come with the batch.
     weight = batch.get("weight", jnp.ones(labels.shape, jnp.float32))
-    prepared = {"image": images, "label": labels, "target": targets, "weight": weight}
-    loss, accuracy, batch_stats, grads = _grads(state, prepared, dropout_rng, model, options)
+    prepared = {
+        "image": images,
+        "label": labels,
+        "target": targets,
+        "weight": weight,
+        "index": index,
+    }
+    loss_fn = batch_loss(model, options.loss)
+    if loss_transform is not None:
+        loss_fn = loss_transform(loss_fn)
+    loss, accuracy, batch_stats, grads = _grads(
+        state, prepared, dropout_rng, loss_fn, options.accum_steps
+    )
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     new_state = state.replace(
         step=state.step + 1,
@@ -238,6 +213,11 @@ def train_step(
     return new_state, metrics
 
 
+def logits_of(model: nn.Module, variables: dict, images: jax.Array) -> jax.Array:
+    """Eval-mode logits [N, K] of `model` on `images`."""
+    return model.apply(variables, images, train=False)
+
+
 def eval_step(
     state: TrainState,
     batch: dict[str, jax.Array],
@@ -245,10 +225,15 @@ def eval_step(
     model: nn.Module,
     loss: str = "softmax_xent",
     use_ema: bool = False,
+    forward: Callable[[nn.Module, dict, jax.Array], jax.Array] | None = None,
 ) -> dict:
-    """Sums of loss, correct top-1/top-5 and example count over the unmasked examples."""
+    """Sums of loss, correct top-1/top-5 and example count over the unmasked examples.
+
+    `forward(model, variables, images)` computes the eval-mode logits (default: one apply).
+    """
     params = state.ema_params if use_ema else state.params
-    logits = forward(model, _variables(params, state.batch_stats), batch["image"])
+    forward = forward or logits_of
+    logits = forward(model, variables(params, state.batch_stats), batch["image"])
     mask = batch["mask"]
     labels = batch["label"]
     targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)

@@ -2,9 +2,7 @@
 
 import contextlib
 import dataclasses
-import functools
 import json
-import math
 import os
 import signal
 import threading
@@ -13,11 +11,10 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxvision import checkpoint, data, models, optim, parallel, steps, writers, xla_options
+from jaxvision import checkpoint, data, models, parallel, step_factory, steps, writers
 from jaxvision import config as config_lib
 from jaxvision.console import log
 from jaxvision.exit_status import Preempted, RunFailure
@@ -25,14 +22,6 @@ from jaxvision.workdir_lock import WorkdirLock
 
 # Dataset keys that change how fast data is read, not which data: free to change on resume.
 _RUNTIME_DATASET_KEYS = ("data_dir", "cache", "download", "parallel_calls", "threads")
-
-
-def _one_shot_options() -> dict[str, Any] | None:
-    """CPU compiler options for executables run once (init): XLA's slow optimisation is
-    wasted on them; a ResNet-18's init (dozens of RNG calls) compiles in 10 s, not 30 s."""
-    if jax.default_backend() != "cpu":
-        return None
-    return {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
 class DivergedError(RunFailure):
@@ -45,22 +34,6 @@ def check_workdir(workdir: str) -> None:
         raise ValueError(
             f"--workdir {workdir!r} is a file, not a directory. Pass a new or existing directory."
         )
-
-
-def num_train_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> int:
-    """`num_train_steps`, or `num_epochs` converted to steps at the global batch size."""
-    if config.num_train_steps > 0:
-        return config.num_train_steps
-    return max(1, math.ceil(config.num_epochs * num_train_examples / config.batch_size))
-
-
-def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
-    """The registered model named by `config.model.name` with its overrides and compute dtype."""
-    overrides = {k: v for k, v in config.model.items() if k != "name"}
-    if config.compute_dtype == "bfloat16":
-        # Parameters stay float32 (the master weights); activations and matmuls run in bf16.
-        overrides.setdefault("dtype", jnp.bfloat16)
-    return models.create(config.model.name, num_classes=num_classes, **overrides)
 
 
 def with_pretrained_overrides(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -148,53 +121,23 @@ class _Setup:
 
 def _build(config: ml_collections.ConfigDict) -> _Setup:
     info = _prepare_data(config)
-    model = create_model(config, info.num_classes)
-    total_steps = num_train_steps(config, info.num_train)
-    spe = info.num_train / config.batch_size
-    tx = optim.build(config, total_steps, steps_per_epoch=spe)  # bad schedules fail here
-    lr_fn = optim.learning_rate_schedule(config, total_steps, steps_per_epoch=spe)
-    mesh = parallel.make_mesh()
-    init = functools.partial(steps.init_state, model, tx, config.seed, info.image_shape)
-    abstract = jax.eval_shape(init)
-    state_sharding = parallel.state_shardings(
-        abstract,
-        mesh,
-        fsdp=config.parallel.fsdp,
-        min_size=config.parallel.fsdp_min_size,
-    )
-    batch_sharding, replicated = parallel.batch_sharding(mesh), parallel.replicated(mesh)
-    options = steps.StepOptions.from_config(config)
-    train_fn = jax.jit(
-        functools.partial(
-            steps.train_step, model=model, tx=tx, learning_rate_fn=lr_fn, options=options
-        ),
-        in_shardings=(state_sharding, batch_sharding),
-        out_shardings=(state_sharding, replicated),
-        donate_argnums=0,
-        # On CPU: which kernel library runs convolutions and reductions (see xla_options).
-        compiler_options=xla_options.compiler_options(),
-    )
-    eval_fns = {}
-    for prefix, use_ema in (("eval", False), ("eval_ema", True)):
-        if use_ema and config.optimizer.ema_decay <= 0:
-            continue
-        eval_fns[prefix] = jax.jit(
-            functools.partial(steps.eval_step, model=model, loss=config.loss, use_ema=use_ema),
-            in_shardings=(state_sharding, batch_sharding),
-            out_shardings=replicated,
-            compiler_options=xla_options.compiler_options(),
-        )
-    init_fn = jax.jit(init, out_shardings=state_sharding, compiler_options=_one_shot_options())
-
-    def reinit(state, params, batch_stats):
-        return state.replace(params=params, batch_stats=batch_stats, opt_state=tx.init(params))
-
-    reinit_fn = jax.jit(reinit, out_shardings=state_sharding, compiler_options=_one_shot_options())
-    like = jax.tree.map(
-        lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), abstract, state_sharding
+    built = step_factory.build(
+        config,
+        num_classes=info.num_classes,
+        image_shape=info.image_shape,
+        num_train_examples=info.num_train,
     )
     return _Setup(
-        config, info, model, total_steps, mesh, like, init_fn, reinit_fn, train_fn, eval_fns
+        config,
+        info,
+        built.model,
+        built.total_steps,
+        built.mesh,
+        built.abstract_state,
+        built.init_fn,
+        built.reinit_fn,
+        built.train_fn,
+        built.eval_fns,
     )
 
 

@@ -6,7 +6,6 @@ variables `model.apply` needs. Every failure names the path and what to do.
 """
 
 import dataclasses
-import functools
 import json
 import os
 from typing import Any
@@ -15,7 +14,7 @@ import flax.linen as nn
 import jax
 import ml_collections
 
-from jaxvision import checkpoint, data, optim, parallel, steps, train
+from jaxvision import checkpoint, data, parallel, step_factory, steps
 from jaxvision import config as config_lib
 
 
@@ -116,16 +115,12 @@ def choose_step(workdir: str, ckpts: checkpoint.Checkpoints, which: str) -> int:
     return step
 
 
-def _abstract_state(
-    config: ml_collections.ConfigDict, info: data.DataInfo, model: nn.Module, mesh: Any
-) -> steps.TrainState:
-    """The checkpoint's structure, shapes and shardings, without computing any weights."""
-    total = train.num_train_steps(config, info.num_train)
-    tx = optim.build(config, total)
-    init = functools.partial(steps.init_state, model, tx, config.seed, info.image_shape)
-    shapes = jax.eval_shape(init)
-    sharding = parallel.replicated(mesh)
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
+def _abstract_state(built: step_factory.Steps) -> steps.TrainState:
+    """The checkpoint's structure and shapes, replicated: what a restore for inference reads."""
+    sharding = parallel.replicated(built.mesh)
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), built.abstract_state
+    )
 
 
 def inference_variables(state: steps.TrainState, *, ema: bool = False) -> dict[str, Any]:
@@ -138,10 +133,7 @@ def inference_variables(state: steps.TrainState, *, ema: bool = False) -> dict[s
                 "--ema: this run has no EMA parameters (it was trained without an exponential "
                 "moving average of the weights). Drop --ema to use the trained weights."
             )
-    variables = {"params": params}
-    if state.batch_stats:
-        variables["batch_stats"] = state.batch_stats
-    return variables
+    return steps.variables(params, state.batch_stats)
 
 
 def load(
@@ -156,19 +148,24 @@ def load(
             f"{workdir!r} holds no checkpoints/ directory; train (or resume) the run first."
         )
     info = data.prepare(config)
-    model = train.create_model(config, info.num_classes)
-    mesh = mesh or parallel.make_mesh()
+    built = step_factory.build(
+        config,
+        num_classes=info.num_classes,
+        image_shape=info.image_shape,
+        num_train_examples=info.num_train,
+        mesh=mesh,
+    )
     ckpts = checkpoint.Checkpoints(ckpt_dir, keep=max(config.keep_checkpoints, 1))
     try:
         step = choose_step(workdir, ckpts, str(checkpoint_step))
-        state, _ = ckpts.restore(step, _abstract_state(config, info, model, mesh))
+        state, _ = ckpts.restore(step, _abstract_state(built))
     finally:
         ckpts.close()
     return LoadedRun(
         workdir=os.path.abspath(workdir),
         config=config,
         info=info,
-        model=model,
+        model=built.model,
         variables=inference_variables(state, ema=ema),
         step=step,
         ema=ema,

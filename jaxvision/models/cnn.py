@@ -5,6 +5,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxvision.models.layers import ExampleDropout
 from jaxvision.models.registry import register
 
 
@@ -19,9 +20,17 @@ class Cnn(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: jnp.ndarray, *, train: bool = False, return_features: bool = False
+        self,
+        x: jnp.ndarray,
+        *,
+        train: bool = False,
+        return_features: bool = False,
+        example_index: jnp.ndarray | None = None,
     ) -> jnp.ndarray | tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
         """Maps images [N, H, W, C] to fp32 logits [N, num_classes] (and features if asked).
+
+        `example_index` [N]: each example's index in the global batch, which its dropout
+        masks are drawn from (default: its position in `x`).
 
         Features: `feature_map` [N, h, w, C'], the last conv's activations before pooling
         (what Grad-CAM weighs), and `pre_logits` [N, D] (the head's input).
@@ -39,7 +48,9 @@ class Cnn(nn.Module):
         x = x.reshape(x.shape[0], -1)
         for i, h in enumerate(self.hidden):
             x = nn.relu(nn.Dense(h, dtype=self.dtype, name=f"fc{i}")(x))
-            x = nn.Dropout(self.dropout, deterministic=not train)(x)
+            x = ExampleDropout(self.dropout)(
+                x, deterministic=not train, example_index=example_index
+            )
         pre_logits = x
         x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
         logits = x.astype(jnp.float32)

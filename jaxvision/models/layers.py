@@ -1,4 +1,9 @@
-"""Transformer building blocks shared by the ViT family: attention, MLP, drop-path, posemb.
+"""Building blocks shared by the models: per-example dropout and drop-path, attention, MLP,
+position embeddings.
+
+Every random mask is drawn per example from (the layer's rng, the example's index in the
+global batch), so training does not depend on how a batch is split over devices,
+processes, accumulation steps or branches: the same example gets the same mask.
 
 Submodule and parameter names follow google-research/vision_transformer so that the
 published .npz checkpoints map 1:1 onto the trees these layers create.
@@ -12,6 +17,42 @@ import jax.numpy as jnp
 import numpy as np
 
 Dtype = Any
+
+
+def example_indices(x: jnp.ndarray, example_index: jnp.ndarray | None) -> jnp.ndarray:
+    """`example_index` [N], or the examples' positions 0..N-1 in `x` when none is given."""
+    if example_index is None:
+        return jnp.arange(x.shape[0], dtype=jnp.int32)
+    return example_index
+
+
+def example_keep_mask(
+    rng: jax.Array, example_index: jnp.ndarray, keep_prob: float | jnp.ndarray, shape: tuple
+) -> jnp.ndarray:
+    """Bernoulli(keep_prob) masks [N, *shape], example i's drawn from fold_in(rng, index[i])."""
+
+    def draw(index: jnp.ndarray) -> jnp.ndarray:
+        return jax.random.bernoulli(jax.random.fold_in(rng, index), keep_prob, shape)
+
+    return jax.vmap(draw)(example_index)
+
+
+class ExampleDropout(nn.Module):
+    """Dropout (as `nn.Dropout`) whose mask is a function of the example, not of the batch."""
+
+    rate: float
+
+    @nn.compact
+    def __call__(
+        self, x: jnp.ndarray, *, deterministic: bool, example_index: jnp.ndarray | None = None
+    ) -> jnp.ndarray:
+        """Zeroes each element of `x` [N, ...] with probability `rate` (scaled to keep the mean)."""
+        if deterministic or self.rate == 0.0:
+            return x
+        keep_prob = 1.0 - self.rate
+        index = example_indices(x, example_index)
+        keep = example_keep_mask(self.make_rng("dropout"), index, keep_prob, x.shape[1:])
+        return jnp.where(keep, x / keep_prob, 0.0).astype(x.dtype)
 
 
 class MultiHeadDotProductAttention(nn.Module):
@@ -34,6 +75,7 @@ class MultiHeadDotProductAttention(nn.Module):
         *,
         deterministic: bool = True,
         return_weights: bool = False,
+        example_index: jnp.ndarray | None = None,
     ) -> tuple[jnp.ndarray, jnp.ndarray | None]:
         """Attends `inputs_q` [N, Tq, D] to `inputs_kv` [N, Tk, D]; weights are [N, H, Tq, Tk]."""
         features = inputs_q.shape[-1]
@@ -64,9 +106,10 @@ class MultiHeadDotProductAttention(nn.Module):
             weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
             probs = weights
             if use_dropout:
-                keep = jax.random.bernoulli(
-                    self.make_rng("dropout"), 1.0 - self.dropout_rate, probs.shape
-                )
+                index = example_indices(probs, example_index)
+                keep_prob = 1.0 - self.dropout_rate
+                rng = self.make_rng("dropout")
+                keep = example_keep_mask(rng, index, keep_prob, probs.shape[1:])
                 probs = jnp.where(keep, probs / (1.0 - self.dropout_rate), 0.0)
             y = jnp.einsum("nhqk,nkhd->nqhd", probs.astype(v.dtype), v)
         else:
@@ -95,8 +138,14 @@ class MlpBlock(nn.Module):
     gelu_approximate: bool = True
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, *, deterministic: bool = True) -> jnp.ndarray:
-        """Maps [..., D] to [..., D] through a hidden layer of width `mlp_dim`."""
+    def __call__(
+        self,
+        x: jnp.ndarray,
+        *,
+        deterministic: bool = True,
+        example_index: jnp.ndarray | None = None,
+    ) -> jnp.ndarray:
+        """Maps [N, ..., D] to [N, ..., D] through a hidden layer of width `mlp_dim`."""
         # Tiny bias noise instead of zeros, as in the reference ViT initialisation.
         dense = dict(
             dtype=self.dtype,
@@ -107,17 +156,31 @@ class MlpBlock(nn.Module):
         # axes, and XLA:CPU first copies each activation gradient into a transposed layout:
         # flat, the ViT-Ti/4 train step is 9-13% faster (docs/performance.md).
         shape = x.shape
+
+        def drop(y: jnp.ndarray) -> jnp.ndarray:
+            # Per example, so on the [N, ..., width] view of the flat activations.
+            y = y.reshape(*shape[:-1], y.shape[-1])
+            y = ExampleDropout(self.dropout_rate)(
+                y, deterministic=deterministic, example_index=example_index
+            )
+            return y.reshape(-1, y.shape[-1])
+
         x = x.reshape(-1, shape[-1])
         x = nn.Dense(self.mlp_dim, **dense)(x)
         x = nn.gelu(x, approximate=self.gelu_approximate)
-        x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+        x = drop(x)
         x = nn.Dense(shape[-1], **dense)(x)
-        x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+        x = drop(x)
         return x.reshape(shape)
 
 
 def drop_path(
-    x: jnp.ndarray, rate: float | jnp.ndarray, rng: jax.Array, *, deterministic: bool
+    x: jnp.ndarray,
+    rate: float | jnp.ndarray,
+    rng: jax.Array,
+    *,
+    deterministic: bool,
+    example_index: jnp.ndarray | None = None,
 ) -> jnp.ndarray:
     """Stochastic depth: zeroes whole examples of a residual branch with probability `rate`.
 
@@ -126,8 +189,9 @@ def drop_path(
     if deterministic:
         return x
     keep_prob = 1.0 - rate
-    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-    keep = jax.random.bernoulli(rng, keep_prob, shape)
+    index = example_indices(x, example_index)
+    keep = example_keep_mask(rng, index, keep_prob, ())
+    keep = keep.reshape((x.shape[0],) + (1,) * (x.ndim - 1))
     return jnp.where(keep, x / keep_prob, 0.0).astype(x.dtype)
 
 

@@ -16,7 +16,6 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxvision.models import winograd
 from jaxvision.models.registry import register
 
 Dtype = Any
@@ -31,14 +30,14 @@ def _pad(k: int) -> tuple[tuple[int, int], tuple[int, int]]:
     return ((k // 2, k // 2), (k // 2, k // 2))
 
 
-def _block_conv(dtype: Dtype, use_winograd: bool) -> Any:
-    """The blocks' bias-free conv; 3x3 ones by Winograd where that is faster (winograd.py)."""
+def _block_conv(dtype: Dtype, conv_op: Any) -> Any:
+    """The blocks' bias-free conv, computed by `conv_op` (None: `lax.conv_general_dilated`)."""
     return partial(
         nn.Conv,
         use_bias=False,
         dtype=dtype,
         kernel_init=_conv_init,
-        conv_general_dilated=winograd.conv_general_dilated if use_winograd else None,
+        conv_general_dilated=conv_op,
     )
 
 
@@ -48,13 +47,13 @@ class BasicBlock(nn.Module):
     features: int
     strides: int = 1
     dtype: Dtype = jnp.float32
-    winograd: bool = True
+    block_conv: Any = None
     expansion = 1
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
         """Applies the block to NHWC features."""
-        conv = _block_conv(self.dtype, self.winograd)
+        conv = _block_conv(self.dtype, self.block_conv)
         norm = partial(
             nn.BatchNorm,
             use_running_average=not train,
@@ -76,13 +75,13 @@ class BottleneckBlock(nn.Module):
     features: int
     strides: int = 1
     dtype: Dtype = jnp.float32
-    winograd: bool = True
+    block_conv: Any = None
     expansion = 4
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
         """Applies the block to NHWC features."""
-        conv = _block_conv(self.dtype, self.winograd)
+        conv = _block_conv(self.dtype, self.block_conv)
         norm = partial(
             nn.BatchNorm,
             use_running_average=not train,
@@ -116,9 +115,9 @@ class ResNet(nn.Module):
     width: float = 1.0
     stem: str = "imagenet"
     dtype: Dtype = jnp.float32
-    # 3x3 convs and their gradients by Winograd where faster (models/winograd.py);
-    # False: every conv is lax's direct convolution. The same function up to round-off.
-    winograd: bool = True
+    # A drop-in for `lax.conv_general_dilated` that computes the blocks' convs (a backend may
+    # supply a faster one for the same function); None: lax's.
+    block_conv: Any = None
 
     def __post_init__(self) -> None:
         if self.stem not in STEMS:
@@ -129,9 +128,16 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: jnp.ndarray, *, train: bool = False, return_features: bool = False
+        self,
+        x: jnp.ndarray,
+        *,
+        train: bool = False,
+        return_features: bool = False,
+        example_index: jnp.ndarray | None = None,
     ) -> jnp.ndarray | tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
         """Maps images [N, H, W, C] to fp32 logits [N, num_classes] (and features if asked).
+
+        `example_index` is accepted like the other models' and unused: nothing is random.
 
         Features: `feature_map` [N, h, w, C'], the last stage's output before global
         pooling (what Grad-CAM weighs), and `pre_logits` [N, C'] (the head's input).
@@ -168,7 +174,7 @@ class ResNet(nn.Module):
                     base * 2 ** (s - 1),
                     strides,
                     dtype=self.dtype,
-                    winograd=self.winograd,
+                    block_conv=self.block_conv,
                     name=f"stage{s}_block{b}",
                 )(x, train=train)
         if return_features:

@@ -17,10 +17,12 @@ import numpy as np
 
 from jaxvision.models.layers import (
     AddPositionEmbs,
+    ExampleDropout,
     MAPHead,
     MlpBlock,
     MultiHeadDotProductAttention,
     drop_path,
+    example_indices,
     posemb_sincos_2d,
 )
 from jaxvision.models.registry import register
@@ -57,20 +59,23 @@ class EncoderBlock(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: jnp.ndarray, drop_rate: float | jnp.ndarray
+        self, x: jnp.ndarray, drop_rate: float | jnp.ndarray, example_index: jnp.ndarray
     ) -> tuple[jnp.ndarray, jnp.ndarray | None]:
         """Returns the new tokens and (if asked) attention weights [N, H, T, T].
 
-        The (carry, per-layer input) -> (carry, per-layer output) signature is what
-        `nn.scan` needs; `drop_rate` is this layer's stochastic-depth rate.
+        The (carry, per-layer input, broadcast) -> (carry, per-layer output) signature is
+        what `nn.scan` needs; `drop_rate` is this layer's stochastic-depth rate and
+        `example_index` [N] what the examples' random masks are drawn from.
         """
         det = self.deterministic
+        index = example_index
 
         def branch(y: jnp.ndarray) -> jnp.ndarray:
             # No rng is needed (or drawn) at eval time, so init works without a dropout key.
             if not self.use_drop_path or det:
                 return y
-            return drop_path(y, drop_rate, self.make_rng("dropout"), deterministic=det)
+            rng = self.make_rng("dropout")
+            return drop_path(y, drop_rate, rng, deterministic=det, example_index=index)
 
         y = nn.LayerNorm(epsilon=_LN_EPS, dtype=self.dtype, name="LayerNorm_0")(x)
         y, attn = MultiHeadDotProductAttention(
@@ -78,8 +83,8 @@ class EncoderBlock(nn.Module):
             dtype=self.dtype,
             dropout_rate=self.attention_dropout,
             name="MultiHeadDotProductAttention_1",
-        )(y, y, deterministic=det, return_weights=self.return_attention)
-        y = nn.Dropout(self.dropout)(y, deterministic=det)
+        )(y, y, deterministic=det, return_weights=self.return_attention, example_index=index)
+        y = ExampleDropout(self.dropout)(y, deterministic=det, example_index=index)
         x = x + branch(y)
         y = nn.LayerNorm(epsilon=_LN_EPS, dtype=self.dtype, name="LayerNorm_2")(x)
         y = MlpBlock(
@@ -88,7 +93,7 @@ class EncoderBlock(nn.Module):
             dropout_rate=self.dropout,
             gelu_approximate=self.gelu_approximate,
             name="MlpBlock_3",
-        )(y, deterministic=det)
+        )(y, deterministic=det, example_index=index)
         return x + branch(y), attn
 
 
@@ -109,12 +114,18 @@ class Encoder(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: jnp.ndarray, *, train: bool, return_attention: bool = False
+        self,
+        x: jnp.ndarray,
+        *,
+        train: bool,
+        return_attention: bool = False,
+        example_index: jnp.ndarray | None = None,
     ) -> tuple[jnp.ndarray, jnp.ndarray | None]:
         """Encodes tokens [N, T, D]; attention weights come back as [depth, N, H, T, T]."""
         if self.learned_posemb:
             x = AddPositionEmbs(name="posembed_input")(x)
-        x = nn.Dropout(self.dropout)(x, deterministic=not train)
+        index = example_indices(x, example_index)
+        x = ExampleDropout(self.dropout)(x, deterministic=not train, example_index=index)
 
         # Stochastic depth grows linearly from 0 at the first block to `drop_path` at the last.
         rates = np.linspace(0.0, self.drop_path, self.depth).astype(np.float32)
@@ -138,13 +149,14 @@ class Encoder(nn.Module):
                 block,
                 variable_axes={"params": 0},
                 split_rngs={"params": True, "dropout": True},
+                in_axes=(0, nn.broadcast),
                 length=self.depth,
             )
-            x, attention = stack(name="encoderblock")(x, jnp.asarray(rates))
+            x, attention = stack(name="encoderblock")(x, jnp.asarray(rates), index)
         else:
             maps = []
             for i in range(self.depth):
-                x, attn = block(name=f"encoderblock_{i}")(x, rates[i])
+                x, attn = block(name=f"encoderblock_{i}")(x, rates[i], index)
                 maps.append(attn)
             attention = jnp.stack(maps) if return_attention else None
         x = nn.LayerNorm(epsilon=_LN_EPS, dtype=self.dtype, name="encoder_norm")(x)
@@ -226,9 +238,17 @@ class VisionTransformer(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: jnp.ndarray, *, train: bool = False, return_features: bool = False
+        self,
+        x: jnp.ndarray,
+        *,
+        train: bool = False,
+        return_features: bool = False,
+        example_index: jnp.ndarray | None = None,
     ) -> jnp.ndarray | tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
         """Maps images [N, H, W, C] to fp32 logits [N, num_classes] (and features if asked).
+
+        `example_index` [N]: each example's index in the global batch, which its dropout
+        and drop-path masks are drawn from (default: its position in `x`).
 
         Features: `pre_logits` [N, D'] (the head's input), `tokens` [N, T, D] after the final
         norm, `attention` [depth, N, heads, T, T].
@@ -274,7 +294,7 @@ class VisionTransformer(nn.Module):
             gelu_approximate=self.gelu_approximate,
             dtype=self.dtype,
             name="Transformer",
-        )(x, train=train, return_attention=return_features)
+        )(x, train=train, return_attention=return_features, example_index=example_index)
 
         if self.pool == "token":
             x = tokens[:, 0]

@@ -1,0 +1,118 @@
+"""The one place for backend-specific speed work; on GPU and TPU every function is a no-op.
+
+The rest of the code calls this small interface without knowing the backend:
+
+- `jit(fn, ...)`: `jax.jit` plus XLA:CPU's compiler options on CPU (`xla_options`);
+- `train_loss(loss_fn, ...)` / `forward(...)`: a step over independent slices of the batch
+  (`branches`), which XLA:CPU can run side by side;
+- `tune_model(model)`: Winograd 3x3 convolutions for ResNets on CPU (`winograd`);
+- `reexec_with_huge_pages()` and `configure_compile_cache(dir)`: process set-up for the
+  command-line entry points (`host_memory`, `compile_cache`).
+
+`forced(platform)` makes every decision as on another platform (tests, FLOP counts).
+"""
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import Any
+
+# JAX is imported inside the functions: entry points call `reexec_with_huge_pages()` before
+# anything imports JAX, and the process may re-execute itself right then.
+
+_forced_platform: str | None = None
+
+# Executables run once (init): XLA:CPU's slow optimisation passes are wasted on them; a
+# ResNet-18's init (dozens of RNG calls) compiles in a third of the time without them.
+_ONE_SHOT_CPU_OPTIONS = {
+    "xla_backend_optimization_level": 0,
+    "xla_llvm_disable_expensive_passes": True,
+}
+
+
+def platform() -> str:
+    """The platform the decisions are made for: "cpu", "gpu" or "tpu"."""
+    import jax
+
+    return _forced_platform or jax.default_backend()
+
+
+@contextlib.contextmanager
+def forced(name: str) -> Iterator[None]:
+    """Within the block, decide as on platform `name` (decisions are taken at build/trace)."""
+    global _forced_platform
+    saved, _forced_platform = _forced_platform, name
+    try:
+        yield
+    finally:
+        _forced_platform = saved
+
+
+def compiler_options(*, once: bool = False) -> dict[str, Any] | None:
+    """The compiler options `jit` adds (None: XLA's defaults); `once`: for run-once code."""
+    from jaxvision.backend import xla_options
+
+    if platform() != "cpu":
+        return None
+    if once:
+        return dict(_ONE_SHOT_CPU_OPTIONS)
+    return xla_options.compiler_options()
+
+
+def jit(fn: Callable, *, once: bool = False, **jit_kwargs: Any) -> Callable:
+    """`jax.jit(fn, **jit_kwargs)` with this platform's compiler options."""
+    import jax
+
+    return jax.jit(fn, compiler_options=compiler_options(once=once), **jit_kwargs)
+
+
+def train_branches(configured: int, has_batch_norm: bool, examples: int) -> int:
+    """Branches of a train step on `examples` examples; `configured` 0 means auto."""
+    from jaxvision.backend import branches
+
+    if configured:
+        return configured
+    return branches.auto_branches(platform(), has_batch_norm, examples, train=True)
+
+
+def train_loss(
+    loss_fn: Callable, *, configured: int, has_batch_norm: bool, examples: int
+) -> Callable:
+    """`loss_fn(params, batch_stats, batch, rng)` over this platform's branches of the batch."""
+    from jaxvision.backend import branches
+
+    return branches.branched_loss(loss_fn, train_branches(configured, has_batch_norm, examples))
+
+
+def forward(model: Any, variables: dict, images: Any) -> Any:
+    """Eval-mode logits [N, K] of `model`, over this platform's branches of the batch."""
+    from jaxvision.backend import branches
+
+    b = branches.auto_branches(platform(), False, images.shape[0], train=False)
+    apply = branches.branched_apply(lambda v, x: model.apply(v, x, train=False), b)
+    return apply(variables, images)
+
+
+def tune_model(model: Any) -> Any:
+    """`model` with this platform's faster convolutions where it takes them (ResNet blocks)."""
+    from jaxvision.backend import winograd
+
+    fields = {f.name for f in dataclasses.fields(model)}
+    if platform() != "cpu" or "block_conv" not in fields or model.block_conv is not None:
+        return model
+    return model.clone(block_conv=winograd.conv_general_dilated)
+
+
+def reexec_with_huge_pages() -> None:
+    """First thing in a command-line entry point's `__main__` block, before JAX starts: the
+    process re-executes itself once with huge pages for XLA's buffers where that helps."""
+    from jaxvision.backend import host_memory
+
+    host_memory.reexec_with_huge_pages()
+
+
+def configure_compile_cache(directory: str | None) -> None:
+    """Keeps compiled steps in `directory` (None: the default directory, "": no cache)."""
+    from jaxvision.backend import compile_cache
+
+    compile_cache.configure(directory)
