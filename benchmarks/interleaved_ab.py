@@ -60,7 +60,8 @@ def main() -> None:
     import jax
 
     from jaxvision import config as config_lib
-    from jaxvision import parallel, xla_options
+    from jaxvision import parallel
+    from jaxvision.backend import xla_options
     from jaxvision.benchmark import Bench
 
     variants = args.variants or [""]

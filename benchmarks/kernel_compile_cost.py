@@ -56,7 +56,7 @@ def per_kernel_cost(count: int) -> dict:
 
 def distinct_kernels(hlo: str) -> tuple[int, int]:
     """(fusion instructions, distinct fusion bodies) of an optimised HLO module's text."""
-    from jaxvision import op_profile
+    from jaxvision.backend import op_profile
 
     instructions, _ = op_profile.parse_hlo(hlo)
     bodies = op_profile.computation_lines(hlo)
@@ -101,8 +101,8 @@ def main() -> None:
     parser.add_argument("--config", default="", help="Config file[:arg], as for training.")
     parser.add_argument("--set", default="", help="Config overrides, key=value;key=value.")
     args = parser.parse_args()
-    from jaxvision import compile_cache
     from jaxvision import config as config_lib
+    from jaxvision.backend import compile_cache
 
     compile_cache.disable()  # compile time is what is measured
     if args.config:

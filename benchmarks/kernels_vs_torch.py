@@ -68,7 +68,7 @@ def main() -> None:
     import torch
     import torch.nn.functional as F
 
-    from jaxvision import xla_options
+    from jaxvision.backend import xla_options
 
     torch.set_num_threads(2)
     options = xla_options.compiler_options()

@@ -8,7 +8,7 @@ What:   the same network, loss and optimizer step as the peer at batch 128 on 32
         random images: resnet18_cifar is ResNet-18 with the 3x3 stride-1 stem and SGD
         momentum 0.9; vit_ti4_cifar is ViT-Ti/4 (pre-LN, learned posemb, GAP head, MLP 4x,
         no dropout, no drop-path) with AdamW. No augmentation, mixup or clipping: the
-        benchmark times the step the peer times. The model keys (winograd, scan, remat, dtype via
+        benchmark times the step the peer times. The model keys (scan, remat, dtype via
         compute_dtype) are here so that --config.model.KEY=... can change them.
 """
 
@@ -16,7 +16,7 @@ from jaxvision import config as config_lib
 
 # name: (model section, optimizer name, learning rate, image size)
 PEERS = {
-    "resnet18_cifar": (config_lib.model("resnet18", stem="cifar", winograd=True), "sgd", 0.1, 32),
+    "resnet18_cifar": (config_lib.model("resnet18", stem="cifar"), "sgd", 0.1, 32),
     "vit_ti4_cifar": (
         config_lib.model("vit_ti4", image_size=32, pool="gap", scan=False, remat=False),
         "adamw",

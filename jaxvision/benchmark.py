@@ -21,7 +21,6 @@ different batch each step: constant inputs hit fast paths real data never takes.
 """
 
 import json
-import os
 import resource
 import statistics
 import time
@@ -305,6 +304,8 @@ def _context(config) -> dict:
     """What every line carries: which model, batch, precision, devices and XLA flags."""
     import jax
 
+    from jaxvision import backend
+
     return {
         "model": config.model.name,
         "batch_size": config.batch_size,
@@ -312,8 +313,7 @@ def _context(config) -> dict:
         "devices": jax.device_count(),
         "platform": jax.devices()[0].platform,
         "jax": jax.__version__,
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+        **backend.environment(),
     }
 
 
@@ -382,9 +382,9 @@ def main(argv: list[str]) -> None:
     # Compile times are the measurement: never loaded from a cache set in the environment.
     backend.configure_compile_cache("")
     if "profile" in _WHAT.value:
-        # Per-op trace events; read when the CPU backend starts, so set before first use.
-        flags_env = os.environ.get("XLA_FLAGS", "")
-        os.environ["XLA_FLAGS"] = f"{flags_env} --xla_cpu_enable_xprof_traceme=true".strip()
+        from jaxvision.backend import op_profile
+
+        op_profile.enable_trace_events()  # before JAX's CPU backend starts
     console.setup()
     records = run(
         _CONFIG.value,
@@ -402,5 +402,5 @@ def main(argv: list[str]) -> None:
 if __name__ == "__main__":
     from jaxvision import backend
 
-    backend.reexec_with_huge_pages()
+    backend.prepare_process()
     app.run(command_line.reports_failures(main), flags_parser=command_line.parse_global_flags)

@@ -75,7 +75,7 @@ def base() -> ml_collections.ConfigDict:
     # Split each (micro-)batch into this many independent slices of the train step's graph,
     # which XLA:CPU can run side by side; 0 = auto (2 on a single CPU device for models
     # without BatchNorm, else 1). With BatchNorm, each branch normalises with its own
-    # statistics. (Forward passes pick theirs: `steps.auto_branches`.)
+    # statistics. (Forward passes: the backend layer picks.)
     c.parallel.batch_branches = 0
 
     c.optimizer, c.schedule = _optimizer_section(), _schedule_section()

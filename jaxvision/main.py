@@ -52,5 +52,5 @@ def main(argv: list[str]) -> None:
 if __name__ == "__main__":
     from jaxvision import backend
 
-    backend.reexec_with_huge_pages()
+    backend.prepare_process()
     app.run(command_line.reports_failures(main), flags_parser=command_line.parse_global_flags)

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from jaxvision import benchmark, host_memory
+from jaxvision import benchmark
+from jaxvision.backend import host_memory
 from tests.trained_runs import REPO, run_cli
 
 
@@ -115,20 +116,22 @@ def test_compile_alone_initialises_no_parameters(monkeypatch):
 
 def test_flops_per_image_are_the_models_with_winograd_convolutions():
     # XLA counts a Winograd conv's 4x fewer products; MFU is against the model's FLOPs.
+    from jaxvision import backend
+    from jaxvision.models.summary import xla_flops
+
     gflops = {}
-    for winograd in (True, False):
+    for name in ("cpu", "tpu"):  # the backend uses Winograd on CPU only
         config = _peer_config("resnet18_cifar")
         config.batch_size = 16  # stage 2's convs: 16x16x128, 256 tiles (Winograd)
-        config.model.winograd = winograd
-        bench = benchmark.Bench(config, materialize=False)
-        gflops[winograd] = bench.compile()["gflops_per_img"]
-        if winograd:
-            from jaxvision.models.summary import xla_flops
-
+        with backend.forced(name):
+            bench = benchmark.Bench(config, materialize=False)
+            gflops[name] = bench.compile()["gflops_per_img"]
+        if name == "cpu":
+            assert bench.tuned
             lowered = bench.train_fn.lower(bench.abstract_state, bench.abstract_batch)
             counted = xla_flops(lowered) / 1e9 / config.batch_size
-    assert gflops[True] == pytest.approx(gflops[False], rel=1e-6)
-    assert counted < 0.95 * gflops[False]  # the Winograd step itself counts fewer
+    assert gflops["cpu"] == pytest.approx(gflops["tpu"], rel=1e-6)
+    assert counted < 0.95 * gflops["tpu"]  # the Winograd step itself counts fewer
 
 
 def test_unknown_measurement_is_an_error():
@@ -170,7 +173,7 @@ def test_compare_table_reads_both_sides():
 
 
 def test_compiler_options_keep_a_choice_made_in_xla_flags(monkeypatch):
-    from jaxvision import xla_options
+    from jaxvision.backend import xla_options
 
     monkeypatch.setenv("XLA_FLAGS", "")
     options = xla_options.compiler_options()
@@ -221,7 +224,7 @@ def test_kernels_vs_torch_prints_every_kernel_and_field():
 
 
 def test_overridden_compiler_options_apply_only_inside_the_block(monkeypatch):
-    from jaxvision import xla_options
+    from jaxvision.backend import xla_options
 
     monkeypatch.setenv("XLA_FLAGS", "")
     before = xla_options.compiler_options()

@@ -3,7 +3,7 @@
 import jax
 import pytest
 
-from jaxvision import compile_cache
+from jaxvision.backend import compile_cache
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import tensorflow_datasets as tfds
 
 from jaxvision import config as config_lib
 from jaxvision import data, exit_status, parallel
-from jaxvision.data import catalog, preprocess
+from jaxvision.data import catalog, image_ops, preprocess
 
 _ONLINE = [name for name in catalog.names() if not catalog.PRESETS[name].offline]
 
@@ -31,7 +31,7 @@ def _bounds(pp: str) -> tuple[float, float]:
     last = preprocess.parse_specs(pp)[-1]
     if last.name == "value_range":
         return last.args
-    mean, std = preprocess.NORMALIZATIONS[last.args[0]]
+    mean, std = image_ops.NORMALIZATIONS[last.args[0]]
     return min((0 - m) / s for m, s in zip(mean, std)), max((1 - m) / s for m, s in zip(mean, std))
 
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 from jaxvision import config as config_lib
 from jaxvision import data, parallel
-from jaxvision.data import folder, preprocess
+from jaxvision.data import folder, image_ops
 
 RED, BLUE = (220, 30, 30), (30, 30, 220)
 
@@ -103,13 +103,13 @@ def test_colour_modes_convert_like_pil_rgb(image_root):
     cat = image_root / "train" / "cat"
     for name in ("000.jpg", "alpha.png", "gray.png", "palette.gif", "bitmap.bmp", "modern.webp"):
         raw = (cat / name).read_bytes()
-        ours = preprocess.decode_bytes(tf.constant(raw), 3).numpy()
+        ours = image_ops.decode_bytes(tf.constant(raw), 3).numpy()
         pil = np.asarray(Image.open(io.BytesIO(raw)).convert("RGB"))
         assert ours.shape == pil.shape, name
         # Lossless formats must match exactly; JPEG decoders may differ by rounding.
         tolerance = 3 if name.endswith(".jpg") else 0
         assert np.abs(ours.astype(int) - pil).max() <= tolerance, name
-        gray = preprocess.decode_bytes(tf.constant(raw), 1).numpy()
+        gray = image_ops.decode_bytes(tf.constant(raw), 1).numpy()
         assert gray.shape == (*pil.shape[:2], 1)
 
 
@@ -238,10 +238,10 @@ def test_links_unreadable_files_bad_names_and_bombs_are_reported_and_skipped(
         return real_open(path, *args, **kwargs)
 
     monkeypatch.setattr(folder, "open", open_denying, raising=False)
-    decode = preprocess.decode_bytes
+    decode = image_ops.decode_bytes
     decoded = []
     monkeypatch.setattr(
-        preprocess,
+        image_ops,
         "decode_bytes",
         lambda data, ch: decoded.append(len(data.numpy())) or decode(data, ch),
     )

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from jaxvision.data import preprocess
+from jaxvision.data import image_ops, preprocess
 from jaxvision.data.randaugment import RANDAUGMENT_OPS, _apply_op
 
 H, W = 36, 44
@@ -89,7 +89,7 @@ def test_normalize_and_value_range_values():
     y = preprocess.apply(
         preprocess.parse("decode|normalize(cifar10)"), data, tf.zeros([2], tf.int64)
     )
-    mean, std = preprocess.NORMALIZATIONS["cifar10"]
+    mean, std = image_ops.NORMALIZATIONS["cifar10"]
     np.testing.assert_allclose(y.numpy(), (pixels / 255.0 - mean) / std, atol=1e-5)
 
 
@@ -167,4 +167,4 @@ def test_bad_ops_fail_at_parse_naming_the_op(pp, message):
 
 def test_every_registered_op_is_covered_by_a_case():
     covered = {spec.name for pp, *_ in CASES for spec in preprocess.parse_specs(pp)}
-    assert covered == set(preprocess.op_names())
+    assert covered == set(image_ops.op_names())

@@ -2,7 +2,7 @@
 
 import pytest
 
-from jaxvision import host_memory
+from jaxvision.backend import host_memory
 
 GLIBC = ("glibc", "2.36")
 

@@ -16,7 +16,7 @@ _LOSSES = """
 import json, sys
 import jax
 from configs import quickstart
-from jaxvision import config as config_lib, data, train
+from jaxvision import config as config_lib, data, step_factory
 
 def config(model=None, fsdp=False):
     c = quickstart.get_config("smoke"); c.unlock()
@@ -27,14 +27,17 @@ def config(model=None, fsdp=False):
         c.dataset.num_classes = 6
     c.parallel.fsdp = fsdp
     c.parallel.fsdp_min_size = 256
-    c.parallel.batch_branches = 1  # branches draw their own dropout masks (the CNN's)
     return c
 
 def losses(c):
-    s = train._build(c)
+    info = data.prepare(c)
+    s = step_factory.build(
+        c, num_classes=info.num_classes, image_shape=info.image_shape,
+        num_train_examples=info.num_train,
+    )
     state = s.init_fn()
     sharded = sum(not x.sharding.is_fully_replicated for x in jax.tree.leaves(state))
-    batches = data.train_batches(c, s.info, s.mesh)
+    batches = data.train_batches(c, info, s.mesh)
     out = []
     for _ in range(20):
         state, metrics = s.train_fn(state, next(batches))

@@ -7,13 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxvision import optim, steps, train
+from jaxvision import optim, step_factory, steps, train
 
 
 def test_bf16_computes_in_bf16_and_keeps_float32_weights(smoke_config):
     smoke_config.compute_dtype = "bfloat16"
     smoke_config.schedule.warmup_steps = 0  # so the first step moves the weights
-    model = train.create_model(smoke_config, 10)
+    model = step_factory.create_model(smoke_config, 10)
     assert model.dtype == jnp.bfloat16
     tx = optim.build(smoke_config, 20)
     state = steps.init_state(model, tx, 0, (28, 28, 1))

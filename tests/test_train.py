@@ -11,19 +11,20 @@ import jax
 import numpy as np
 import pytest
 
-from jaxvision import checkpoint, data, parallel, train
+from jaxvision import checkpoint, data, parallel, step_factory, train
 from tests.trained_runs import REPO, run_cli
 
 
 def _final_params(workdir, config):
     info = data.prepare(config)
-    model = train.create_model(config, info.num_classes)
-    from jaxvision import optim, steps
-
-    tx = optim.build(config, train.num_train_steps(config, info.num_train))
-    like = steps.init_state(model, tx, config.seed, info.image_shape)
+    built = step_factory.build(
+        config,
+        num_classes=info.num_classes,
+        image_shape=info.image_shape,
+        num_train_examples=info.num_train,
+    )
     ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"))
-    state, _ = ckpts.restore(ckpts.latest_step(), like)
+    state, _ = ckpts.restore(ckpts.latest_step(), built.abstract_state)
     return jax.device_get(state)
 
 
@@ -79,7 +80,7 @@ def test_eval_metrics_match_a_per_example_computation(smoke_config, tmp_path):
     result = train.run(smoke_config, workdir)
     # Recompute accuracy example by example from the restored parameters.
     info = data.prepare(smoke_config)
-    model = train.create_model(smoke_config, info.num_classes)
+    model = step_factory.create_model(smoke_config, info.num_classes)
     state = _final_params(workdir, smoke_config)
     eval_data = data.eval_batches(smoke_config, info, parallel.make_mesh())
     correct = count = 0

@@ -10,7 +10,7 @@ import pytest
 from jax import lax
 
 from jaxvision import models
-from jaxvision.models import winograd
+from jaxvision.backend import winograd
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
@@ -108,8 +108,8 @@ def test_drop_in_sends_only_plain_3x3_convs_to_winograd():
 def test_resnet_is_the_same_function_with_and_without_winograd():
     # Batch 8 at 32px: stage 2's 3x3 convs (16x16, 128 channels, 128 tiles) qualify.
     x = jnp.asarray(np.random.default_rng(0).standard_normal((8, 32, 32, 3), np.float32))
-    fast = models.create("resnet18", num_classes=10, stem="cifar")
-    plain = models.create("resnet18", num_classes=10, stem="cifar", winograd=False)
+    plain = models.create("resnet18", num_classes=10, stem="cifar")
+    fast = plain.clone(block_conv=winograd.conv_general_dilated)
     variables = plain.init(jax.random.key(0), x[:1])
     # Random BN scales: at init the zero scale of bn2 would hide the blocks' second convs.
     leaves, treedef = jax.tree.flatten(variables)

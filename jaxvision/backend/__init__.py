@@ -6,8 +6,9 @@ The rest of the code calls this small interface without knowing the backend:
 - `train_loss(loss_fn, ...)` / `forward(...)`: a step over independent slices of the batch
   (`branches`), which XLA:CPU can run side by side;
 - `tune_model(model)`: Winograd 3x3 convolutions for ResNets on CPU (`winograd`);
-- `reexec_with_huge_pages()` and `configure_compile_cache(dir)`: process set-up for the
-  command-line entry points (`host_memory`, `compile_cache`).
+- `prepare_process()` and `configure_compile_cache(dir)`: process set-up for the
+  command-line entry points (huge pages: `host_memory`; `compile_cache`);
+- `environment()`: the settings that change speed, for benchmark records.
 
 `forced(platform)` makes every decision as on another platform (tests, FLOP counts).
 """
@@ -17,7 +18,7 @@ import dataclasses
 from collections.abc import Callable, Iterator
 from typing import Any
 
-# JAX is imported inside the functions: entry points call `reexec_with_huge_pages()` before
+# JAX is imported inside the functions: entry points call `prepare_process()` before
 # anything imports JAX, and the process may re-execute itself right then.
 
 _forced_platform: str | None = None
@@ -103,7 +104,7 @@ def tune_model(model: Any) -> Any:
     return model.clone(block_conv=winograd.conv_general_dilated)
 
 
-def reexec_with_huge_pages() -> None:
+def prepare_process() -> None:
     """First thing in a command-line entry point's `__main__` block, before JAX starts: the
     process re-executes itself once with huge pages for XLA's buffers where that helps."""
     from jaxvision.backend import host_memory
@@ -116,3 +117,13 @@ def configure_compile_cache(directory: str | None) -> None:
     from jaxvision.backend import compile_cache
 
     compile_cache.configure(directory)
+
+
+def environment() -> dict[str, str]:
+    """The environment settings that change this backend's speed (benchmark records)."""
+    import os
+
+    return {
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+    }

@@ -82,6 +82,12 @@ def category(name: str, instructions: dict, computations: dict) -> str:
     return "elementwise"
 
 
+def enable_trace_events() -> None:
+    """Asks XLA:CPU for per-op trace events; read when its backend starts, so call before."""
+    flags_env = os.environ.get("XLA_FLAGS", "")
+    os.environ["XLA_FLAGS"] = f"{flags_env} --xla_cpu_enable_xprof_traceme=true".strip()
+
+
 def profile(bench, steps: int) -> dict:
     """Thread-ms per category and the top instructions over `steps` profiled train steps of a
     compiled and warmed-up `benchmark.Bench`."""

@@ -1,6 +1,6 @@
 """Geometric and colour augmentations: inception_crop, rotate, color_jitter, random_erasing.
 
-All are stateless in the per-example seed (see `preprocess.py`), so resumed runs repeat
+All are stateless in the per-example seed (see `image_ops.py`), so resumed runs repeat
 them exactly.
 """
 
@@ -8,8 +8,8 @@ import math
 
 import tensorflow as tf
 
-from jaxvision.data import preprocess
-from jaxvision.data.preprocess import Op, check, positive_int, probability, register, split_seed
+from jaxvision.data import image_ops
+from jaxvision.data.image_ops import Op, check, positive_int, probability, register, split_seed
 
 
 def transform(
@@ -91,7 +91,7 @@ class InceptionCrop:
 
     def finish(self, crop: tf.Tensor) -> tf.Tensor:
         """Resizes the cropped window to size x size."""
-        out = preprocess.resize_to(crop, (self.size, self.size), "bilinear")
+        out = image_ops.resize_to(crop, (self.size, self.size), "bilinear")
         out.set_shape([self.size, self.size, crop.shape[-1]])
         return out
 
@@ -115,11 +115,11 @@ def decode_inception_crop(crop: InceptionCrop, channels: int = 3) -> Op:
 
     def fn(image, seed):
         if image.dtype != tf.string:
-            return crop(preprocess.decode(channels)(image, seed), seed)
+            return crop(image_ops.decode(channels)(image, seed), seed)
         out = tf.cond(
             tf.io.is_jpeg(image),
             lambda: jpeg(image, seed),
-            lambda: crop(preprocess.decode_bytes(image, channels), seed),
+            lambda: crop(image_ops.decode_bytes(image, channels), seed),
         )
         out.set_shape([None, None, channels])
         return crop.finish(out)

@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from jaxvision.console import log
-from jaxvision.data import preprocess
+from jaxvision.data import image_ops
 
 EVAL_DIRS = ("test", "val", "validation")
 _LOG_LINES = 21  # the summary and the first 20 problems
@@ -123,7 +123,7 @@ def _verdict(path: str, max_pixels: int = 0) -> str:
     if max_pixels and pixels is not None and pixels > max_pixels:
         return "too_large"
     try:
-        image = preprocess.decode_bytes(tf.constant(data), 3)
+        image = image_ops.decode_bytes(tf.constant(data), 3)
     except tf.errors.InvalidArgumentError as e:
         # TF says "Unknown image file format" for anything that is not an image at all.
         return "not_image" if "Unknown image file format" in str(e) else "corrupt"

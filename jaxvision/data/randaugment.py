@@ -8,7 +8,7 @@ magnitudes run 0..10 and every op gets stronger as the magnitude grows (posteriz
 import tensorflow as tf
 
 from jaxvision.data import augment
-from jaxvision.data.preprocess import Op, check, positive_int, register, split_seed
+from jaxvision.data.image_ops import Op, check, positive_int, register, split_seed
 
 _MAX_LEVEL = 10.0
 _FILL = 128.0  # grey corners after geometric ops, as in the reference
