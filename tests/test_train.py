@@ -189,10 +189,10 @@ import json, sys
 import jax
 from configs import quickstart
 from jaxvision import train
-c = quickstart.get_config("smoke"); c.unlock()
-c.num_train_steps = 20; c.log_every_steps = 1; c.batch_size = 32
+c = quickstart.get_config(); c.unlock()  # as shipped: dropout, batch 128, auto branches
+# Only the run's length changes (20 steps, so a 5-step warmup) and it logs every step.
+c.num_train_steps = 20; c.schedule.warmup_steps = 5; c.log_every_steps = 1
 c.parallel.cpu_devices = int(sys.argv[2])
-c.parallel.batch_branches = 1  # branches would draw their own dropout masks
 train.run(c, sys.argv[1])
 losses = [r["train/loss"] for r in map(json.loads, open(sys.argv[1] + "/metrics.jsonl"))
           if "train/loss" in r]
@@ -201,7 +201,10 @@ print(json.dumps({"devices": jax.device_count(), "losses": losses}))
 
 
 def test_one_and_four_devices_give_the_same_losses(tmp_path):
-    # Four devices two ways: XLA's flag, and the config's parallel.cpu_devices (0 = default).
+    # The shipped quickstart: on one CPU device the backend runs the step as two branches,
+    # on four as one per device; dropout masks follow the examples, so the losses agree up
+    # to float reduction order (sums over 128 examples split 1, 2 or 4 ways): measured
+    # within 3e-7 over 60 steps, so 1e-4 leaves room for other CPUs' kernels.
     runs = {"one": (1, 0), "flag": (4, 0), "config": (1, 4)}
     losses = {}
     for name, (flag_devices, cpu_devices) in runs.items():
@@ -212,8 +215,9 @@ def test_one_and_four_devices_give_the_same_losses(tmp_path):
         assert result["devices"] == (1 if name == "one" else 4)
         losses[name] = result["losses"]
     assert len(losses["one"]) == 20
-    np.testing.assert_allclose(losses["flag"], losses["one"], rtol=1e-4)
-    np.testing.assert_allclose(losses["config"], losses["one"], rtol=1e-4)
+    assert losses["one"][-1] < losses["one"][0]  # training moves: not a constant sequence
+    np.testing.assert_allclose(losses["flag"], losses["one"], rtol=0, atol=1e-4)
+    np.testing.assert_allclose(losses["config"], losses["one"], rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize(
