@@ -6,7 +6,7 @@
 
 Each positional argument is one variant: `;`-separated `key=value` config overrides
 (`model.scan=True`) and `xla:option=value` per-executable XLA options (on top of
-`jaxvision/xla_options.py`'s; `xla:option=` with no value drops one). The empty string is
+`jaxvision/backend/xla_options.py`'s; `xla:option=` with no value drops one). The empty string is
 the config as it is; `--common` overrides apply to every variant. Every variant is built
 and compiled exactly as `jaxvision.benchmark` builds it; then the timed loop runs one step
 of each variant in turn, so a change in the machine's load hits all of them alike, which

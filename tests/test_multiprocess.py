@@ -1,5 +1,6 @@
-"""Two processes on 127.0.0.1 (gloo collectives) train the quickstart together, each reading
-half of the data, reach the accuracy of a single-process run and write the final report."""
+"""Two processes on 127.0.0.1 (gloo collectives) train the quickstart together: the same
+step losses as one process on the same batches, each reading half of the data, the
+accuracy of a single-process run, and the final report."""
 
 import json
 import os
@@ -46,6 +47,64 @@ def _run_pair(args: list[str], timeout: int = 1800) -> list[str]:
     for p, err in zip(procs, errs, strict=True):
         assert p.returncode == 0, err[-3000:]
     return errs
+
+
+# The shipped quickstart's step (dropout, batch 128; one process: two branches) on 20
+# fixed batches, which every process builds alike and feeds its half of. The data
+# pipeline itself gives each process its own shard, so a real run sees other batches.
+_STEP_LOSSES = """
+import json, sys
+import numpy as np
+from configs import quickstart
+from jaxvision import parallel, step_factory
+port, count, index = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+if count > 1:
+    parallel.initialize_distributed(f"127.0.0.1:{port}", count, index)
+import jax
+c = quickstart.get_config(); c.unlock()
+c.num_train_steps = 20; c.schedule.warmup_steps = 5
+built = step_factory.build(c, num_classes=10, image_shape=(28, 28, 1), total_steps=20)
+state, losses, local = built.init_fn(), [], c.batch_size // count
+for step in range(20):
+    rng = np.random.default_rng(step % 4)  # four batches in turn: the loss falls
+    labels = rng.integers(0, 10, c.batch_size).astype(np.int32)
+    images = rng.normal(size=(c.batch_size, 28, 28, 1)).astype(np.float32)
+    images[:, :10, :10] += labels[:, None, None, None] / 5.0  # something to learn
+    rows = slice(index * local, (index + 1) * local)
+    batch = parallel.global_batch({"image": images[rows], "label": labels[rows]}, built.mesh)
+    state, metrics = built.train_fn(state, batch)
+    losses.append(float(metrics["loss"]))
+print(json.dumps({"devices": jax.device_count(), "branches": built.train_branches,
+                  "losses": losses}))
+"""
+
+
+@pytest.mark.slow  # ~1 min on 2 CPU cores
+def test_two_processes_give_the_single_process_step_losses():
+    single = run_cli(["-c", _STEP_LOSSES, "0", "1", "0"], env={"XLA_FLAGS": ""})
+    assert single.returncode == 0, single.stderr[-3000:]
+    one = json.loads(single.stdout.strip().splitlines()[-1])
+    port = _free_port()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _STEP_LOSSES, str(port), "2", str(i)],
+            cwd=REPO,
+            env={**os.environ, "XLA_FLAGS": ""},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=900) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    two = json.loads(outs[0][0].strip().splitlines()[-1])
+    assert (one["devices"], one["branches"]) == (1, 2)
+    assert (two["devices"], two["branches"]) == (2, 1)
+    assert len(one["losses"]) == 20 and one["losses"][-1] < one["losses"][0]
+    # Dropout masks follow the examples, so only float summation order differs.
+    np.testing.assert_allclose(two["losses"], one["losses"], rtol=0, atol=1e-4)
 
 
 def _final_eval(workdir: str) -> tuple[float, int]:
