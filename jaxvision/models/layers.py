@@ -158,6 +158,8 @@ class MlpBlock(nn.Module):
         shape = x.shape
 
         def drop(y: jnp.ndarray) -> jnp.ndarray:
+            if deterministic or self.dropout_rate == 0.0:
+                return y
             # Per example, so on the [N, ..., width] view of the flat activations.
             y = y.reshape(*shape[:-1], y.shape[-1])
             y = ExampleDropout(self.dropout_rate)(
