@@ -92,6 +92,9 @@ def read_bytes(path: str) -> bytes:
 def write_bytes(path: str, data: bytes) -> None:
     """Replaces the file's contents with `data` (creating its directory if needed)."""
     makedirs(os.path.dirname(str(path)))
+    if is_remote(path):
+        # Some gfile file systems (TensorFlow's ram://) append to a file opened for writing.
+        remove(path)
     _path(path).write_bytes(data)
 
 
