@@ -6,6 +6,7 @@ import errno
 import hashlib
 import logging
 import os
+import shutil
 import threading
 import types
 
@@ -213,6 +214,49 @@ def test_a_reader_never_touches_a_live_save_which_then_completes(tmp_path, monke
     with pytest.raises(RunFailure, match="read-only"):
         checkpoint.open_read_only(str(directory)).save(30, _state(30.0), {})
     ckpts.close()
+
+
+def _tree(root) -> tuple[dict[str, str], set[str]]:
+    """File hashes and directory names under `root`: what a reader must leave as it was."""
+    dirs = {os.path.relpath(d, root) for d, _, _ in os.walk(root)}
+    return _hashes(root), dirs
+
+
+def test_evaluate_during_a_live_save_changes_nothing_in_checkpoints_and_the_save_completes(
+    tmp_path, monkeypatch
+):
+    from orbax.checkpoint._src.path import atomicity
+
+    from jaxvision import evaluate
+    from tests.trained_runs import cnn_workdir
+
+    workdir = str(tmp_path / "run")
+    shutil.copytree(cnn_workdir(), workdir, symlinks=True)
+    directory = os.path.join(workdir, "checkpoints")
+    reached, release = threading.Event(), threading.Event()
+    finalize = atomicity.AtomicRenameTemporaryPath.finalize
+
+    async def held(self, *args, **kwargs):
+        if self.get_final().name == "400":  # the step itself, once its items are written
+            reached.set()
+            release.wait(120)
+        return await finalize(self, *args, **kwargs)
+
+    monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, "finalize", held)
+    trainer = _writer(directory, keep=10)
+    trainer.save(400, _state(400.0), {"step": 400})
+    assert reached.wait(60)
+    before = _tree(directory)
+    assert any(d.startswith("400.") for d in before[1])  # the live save, not yet finalised
+    try:
+        report = evaluate.evaluate_workdir(workdir)
+        assert report["step"] == 300  # the newest finalised step, not the one in flight
+        assert _tree(directory) == before  # nothing created, deleted or changed
+    finally:
+        release.set()
+    trainer.wait()
+    assert checkpoint.verify(trainer.step_dir(400)) == []
+    trainer.close()
 
 
 def test_a_second_trainer_fails_at_once_naming_the_holder(smoke_config, tmp_path):
