@@ -7,6 +7,9 @@ import hashlib
 import logging
 import os
 import shutil
+import socket
+import subprocess
+import sys
 import threading
 import types
 
@@ -18,6 +21,7 @@ import pytest
 
 from jaxvision import checkpoint, steps, train, workdir_lock
 from jaxvision.exit_status import RunFailure
+from tests.trained_runs import REPO
 
 
 @pytest.fixture(autouse=True)
@@ -339,3 +343,52 @@ def test_skip_mode_fails_once_more_than_max_skipped_share_of_steps_were_skipped(
     loop.skipped = 11
     with pytest.raises(train.DivergedError, match=r"11 of the 100 steps .* max_skipped_share=0.1"):
         loop.check_skipped(200)
+
+
+def _run_pair(args: list[str]) -> list[str]:
+    """Runs `python -m jaxvision.main ARGS` as processes 0 and 1 of one run; their stderr."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    pair = [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "jaxvision.main", *args, *pair, f"--process_id={i}"],
+            cwd=REPO,
+            env={**os.environ, "XLA_FLAGS": ""},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    errs = [p.communicate(timeout=900)[1] for p in procs]
+    for p, err in zip(procs, errs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    return errs
+
+
+@pytest.mark.slow  # ~2 min: two runs of two processes
+def test_two_processes_resume_past_a_damaged_step_and_adopt_one_without_manifest(tmp_path):
+    workdir = str(tmp_path / "run")
+    args = [
+        "--config=configs/quickstart.py:smoke",
+        "--config.dataset.name=digits",
+        f"--workdir={workdir}",
+        "--config.checkpoint_every_steps=10",
+        "--config.keep_checkpoints=10",
+    ]
+    _run_pair([*args, "--config.num_train_steps=30"])
+    directory = os.path.join(workdir, "checkpoints")
+    os.remove(os.path.join(directory, "20", checkpoint.MANIFEST))
+    with open(os.path.join(directory, "30", "meta", "metadata"), "w") as f:
+        f.write('{"step": 99}')
+    # Process 0 alone moves 30 aside and gives 20 its manifest; process 1 waits for it.
+    errs = _run_pair([*args, "--config.num_train_steps=40"])
+    assert all("at step 20." in err for err in errs), errs[1][-3000:]
+    assert os.path.isdir(os.path.join(directory, checkpoint.UNVERIFIED_PREFIX + "30"))
+    assert checkpoint.read_manifest(os.path.join(directory, "20"))["origin"] == "saved"
+    reader = checkpoint.open_read_only(directory)
+    assert reader.all_steps() == [10, 20, 30, 40]
+    assert all(checkpoint.verify(reader.step_dir(s)) == [] for s in (10, 20, 30, 40))
+    reader.close()
