@@ -368,7 +368,7 @@ def _run_pair(args: list[str]) -> list[str]:
     return errs
 
 
-@pytest.mark.slow  # ~2 min: two runs of two processes
+@pytest.mark.slow  # ~4 min: two runs of two processes
 def test_two_processes_resume_past_a_damaged_step_and_adopt_one_without_manifest(tmp_path):
     workdir = str(tmp_path / "run")
     args = [
@@ -385,7 +385,8 @@ def test_two_processes_resume_past_a_damaged_step_and_adopt_one_without_manifest
         f.write('{"step": 99}')
     # Process 0 alone moves 30 aside and gives 20 its manifest; process 1 waits for it.
     errs = _run_pair([*args, "--config.num_train_steps=40"])
-    assert all("at step 20." in err for err in errs), errs[1][-3000:]
+    assert "Resumed from" in errs[0] and "at step 20." in errs[0], errs[0][-3000:]
+    assert "Checkpoint step 30 is damaged" in errs[1], errs[1][-3000:]
     assert os.path.isdir(os.path.join(directory, checkpoint.UNVERIFIED_PREFIX + "30"))
     assert checkpoint.read_manifest(os.path.join(directory, "20"))["origin"] == "saved"
     reader = checkpoint.open_read_only(directory)
