@@ -206,6 +206,10 @@ def test_kill_9_at_random_points_of_saves_always_resumes_to_identical_weights(tm
                 break
             time.sleep(0.01)
         time.sleep(rng.uniform(0.0, 0.3))
+        # Then the next moment a save is under way (a random point inside it).
+        deadline = time.time() + 2
+        while time.time() < deadline and proc.poll() is None and not _save_in_flight(ckpt_dir):
+            time.sleep(0.002)
         if proc.poll() is None:
             proc.kill()  # SIGKILL: no handler, no clean-up
             kills += 1
