@@ -13,8 +13,6 @@ step it cannot verify: such a step is kept and reported, or moved aside as
 `checkpoints/_unverified_<step>`. Readers (`open_read_only`) never modify anything.
 """
 
-import hashlib
-import json
 import os
 import re
 import shutil
@@ -22,121 +20,49 @@ import threading
 import uuid
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from jaxvision import parallel, workdir_files
+from jaxvision.checkpoint_manifest import (
+    MANIFEST,
+    extra_files,
+    read_manifest,
+    verify,
+    write_manifest,
+)
+from jaxvision.checkpoint_manifest import step_files as _files  # noqa: F401 (tests)
 from jaxvision.console import log
 from jaxvision.exit_status import RunFailure
 from jaxvision.steps import TrainState
 
-MANIFEST = "jaxvision_manifest.json"
 # The workdir's identity: steps whose manifest names it were saved by this workdir's runs.
 WORKDIR_ID = "jaxvision_workdir_id"
 UNVERIFIED_PREFIX = "_unverified_"
 _TMP_SUFFIX = ".orbax-checkpoint-tmp"
-# Files other programs leave in directories; reported, never counted as damage.
-_STRAY = re.compile(r"(^\.nfs.*|^\.DS_Store$|^Thumbs\.db$|^\._.*)")
 
 
 class CheckpointError(RunFailure):
     """No usable checkpoint: the message lists what is wrong and what to do."""
 
 
-# File access goes through epath so that gs:// (and other remote) workdirs work too.
-
-
-def _sha256(path: epath.Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _files(step_dir: str) -> dict[str, epath.Path]:
-    """Relative path -> path of every file of a step, except the manifest."""
-    root = epath.Path(step_dir)
-    found = {}
-    for directory, _, names in root.walk():
-        for name in names:
-            path = epath.Path(directory) / name
-            rel = str(path.relative_to(root))
-            if rel not in (MANIFEST, MANIFEST + ".tmp"):
-                found[rel] = path
-    return found
-
-
-def _size(path: epath.Path) -> int:
-    return int(path.stat().length)
-
-
 def _is_link(path: str) -> bool:
-    return "://" not in path and os.path.islink(path)
+    return not workdir_files.is_remote(path) and os.path.islink(path)
 
 
-def write_manifest(step_dir: str, *, workdir_id: str = "", origin: str = "saved") -> None:
-    """Records size and SHA-256 of every file of a finalised step, then publishes it.
-
-    `origin` is "saved" for a step this workdir's run wrote, "adopted" for one found
-    without a manifest and verified by reading it. Raises OSError when it cannot be written.
-    """
-    entries = {
-        rel: {"bytes": _size(p), "sha256": _sha256(p)}
-        for rel, p in sorted(_files(step_dir).items())
-        if not _STRAY.match(os.path.basename(rel))
-    }
-    record = {"files": entries, "workdir_id": workdir_id, "origin": origin}
-    tmp = epath.Path(step_dir) / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    tmp.replace(epath.Path(step_dir) / MANIFEST)  # readers never see a partial manifest
-
-
-def read_manifest(step_dir: str) -> dict | None:
-    """A step's manifest, or None when it has none or it is unreadable."""
-    try:
-        record = json.loads((epath.Path(step_dir) / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) and isinstance(record.get("files"), dict) else None
-
-
-def extra_files(step_dir: str) -> list[str]:
-    """Files in a step that its manifest does not list (a user's notes, .DS_Store, .nfs*)."""
-    record = read_manifest(step_dir)
-    if record is None:
-        return []
-    return sorted(set(_files(step_dir)) - set(record["files"]))
-
-
-def verify(step_dir: str) -> list[str]:
-    """What is damaged in a step against its manifest (empty when intact).
-
-    Files the manifest does not list are not damage: see `extra_files`.
-    """
-    path = epath.Path(step_dir) / MANIFEST
-    record = read_manifest(step_dir)
-    if record is None:
-        return [f"{path} is missing or unreadable"]
-    expected = record["files"]
-    actual = _files(step_dir)
-    problems = [f"missing file {rel}" for rel in sorted(set(expected) - set(actual))]
-    for rel in sorted(set(expected) & set(actual)):
-        size = _size(actual[rel])
-        if size != expected[rel]["bytes"]:
-            problems.append(f"{rel}: {size} bytes, expected {expected[rel]['bytes']}")
-        elif _sha256(actual[rel]) != expected[rel]["sha256"]:
-            problems.append(f"{rel}: contents changed (SHA-256 mismatch)")
-    return problems
+@jax.jit
+def _finite_flag(leaves: list) -> jax.Array:
+    # One compiled reduction to a single flag (compiled once per tree structure): the
+    # weights never leave the devices, only the flag does.
+    return jnp.stack([jnp.isfinite(x).all() for x in leaves]).all()
 
 
 def all_finite(tree) -> bool:
     """Whether every floating-point leaf of `tree` is free of NaN and Inf."""
-    leaves = [x for x in jax.tree.leaves(tree) if jax.numpy.issubdtype(x.dtype, np.inexact)]
-    if not leaves:
-        return True
-    flags = jax.jit(lambda xs: jax.numpy.stack([jax.numpy.isfinite(x).all() for x in xs]))(leaves)
-    return bool(np.all(jax.device_get(flags)))
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, np.inexact)]
+    return not leaves or bool(jax.device_get(_finite_flag(leaves)))
 
 
 def _leaf_name(path: tuple) -> str:
@@ -181,7 +107,7 @@ class Checkpoints:
     """
 
     def __init__(self, directory: str, *, keep: int = 3, read_only: bool = False):
-        self.directory = directory if "://" in directory else os.path.abspath(directory)
+        self.directory = workdir_files.absolute(directory)
         self.keep = keep
         self.read_only = read_only
         options = ocp.CheckpointManagerOptions(
@@ -197,16 +123,44 @@ class Checkpoints:
             self._manager = ocp.CheckpointManager(
                 self.directory, options=options, item_names=("state", "meta")
             )
-            self.workdir_id = _workdir_id(self.directory, create=not read_only)
         except OSError as e:
-            raise RunFailure(
-                f"Cannot open {self.directory} for checkpoints: {e}. Check that the workdir "
-                "is writable and its disk has space."
-            ) from e
+            raise RunFailure(self._cannot_open(e)) from e
         self._pending: threading.Thread | None = None
         self._errors: list[str] = []
-        if not read_only and jax.process_index() == 0:
-            self._remove_interrupted_saves()
+        if not read_only:
+            self._on_process_0("prepare the directory", self._prepare)
+        try:
+            self.workdir_id = _workdir_id(self.directory, create=False)
+        except OSError as e:
+            raise RunFailure(self._cannot_open(e)) from e
+
+    def _cannot_open(self, error: Exception) -> str:
+        return (
+            f"Cannot open {self.directory} for checkpoints: {error}. Check that the workdir "
+            "is writable and its disk has space."
+        )
+
+    def _prepare(self) -> None:
+        try:
+            _workdir_id(self.directory, create=True)
+        except OSError as e:
+            raise RunFailure(self._cannot_open(e)) from e
+        self._remove_interrupted_saves()
+
+    def _on_process_0(self, what: str, change) -> None:
+        """Only process 0 (the lock holder) changes the directory; every process waits for
+        it at a barrier, then sees the result. All processes fail if the change failed."""
+        error = None
+        if jax.process_index() == 0:
+            try:
+                change()
+            except Exception as e:  # re-raised below, after the others know
+                error = e
+        if parallel.any_process(error is not None):  # the barrier
+            if error is not None:
+                raise error
+            raise RunFailure(f"Process 0 could not {what} in {self.directory}; see its log.")
+        self._manager.reload()
 
     def step_dir(self, step: int) -> str:
         """The directory of one step."""
@@ -311,7 +265,7 @@ class Checkpoints:
             return
         doomed = epath.Path(path).parent / f"_deleting_{epath.Path(path).name}"
         epath.Path(path).rename(doomed)
-        if "://" in path:
+        if workdir_files.is_remote(path):
             doomed.rmtree()
         else:
             shutil.rmtree(str(doomed))  # unlinks symbolic links inside, never follows them
@@ -327,7 +281,7 @@ class Checkpoints:
             if not (temporary or half_deleted) or _is_link(str(path)):
                 continue
             log.info("Removing %s, left by an interrupted save or clean-up.", path)
-            if "://" in str(path):
+            if workdir_files.is_remote(str(path)):
                 path.rmtree()
             else:
                 shutil.rmtree(str(path))
@@ -386,12 +340,18 @@ class Checkpoints:
         before its manifest) is verified by reading it and then gets its manifest. A
         damaged step is moved aside to `_unverified_<step>` once an older intact one is
         found; if none is intact, nothing is moved and CheckpointError lists them.
+        Only process 0 moves or adopts; every process decides from the same listing.
         """
         self._writable()
+        listed = [
+            (step, (epath.Path(self.step_dir(step)) / MANIFEST).exists())
+            for step in reversed(self.finalised_steps())
+        ]
+        parallel.barrier("jaxvision_checkpoints_listed")  # before process 0 changes any
         damaged = []
-        for step in reversed(self.finalised_steps()):
+        for step, has_manifest in listed:
             path = self.step_dir(step)
-            if read_manifest(path) is None and not (epath.Path(path) / MANIFEST).exists():
+            if not has_manifest:
                 state, meta = self._adopt(step, like)
             else:
                 problems = verify(path)
@@ -438,13 +398,18 @@ class Checkpoints:
         if _is_link(path):
             log.warning("Checkpoint %s (a symbolic link) was verified by reading it.", path)
             return state, meta
-        try:
-            write_manifest(path, workdir_id=self.workdir_id, origin="saved" if ours else "adopted")
-        except OSError as e:
-            raise RunFailure(
-                f"Could not write {MANIFEST} into {path}: {e}. Make it writable, or move the "
-                f"step out of {self.directory}."
-            ) from e
+
+        def give_manifest():
+            try:
+                origin = "saved" if ours else "adopted"
+                write_manifest(path, workdir_id=self.workdir_id, origin=origin)
+            except OSError as e:
+                raise RunFailure(
+                    f"Could not write {MANIFEST} into {path}: {e}. Make it writable, or move "
+                    f"the step out of {self.directory}."
+                ) from e
+
+        self._on_process_0(f"write {MANIFEST} of step {step}", give_manifest)
         log.warning(
             "Checkpoint %s had no %s; it restored intact and now has one%s.",
             path,
@@ -455,20 +420,23 @@ class Checkpoints:
 
     def _move_aside(self, step: int) -> None:
         """Renames an unverifiable step so it is kept but no longer counts or blocks a redo."""
-        path = epath.Path(self.step_dir(step))
-        target = path.parent / f"{UNVERIFIED_PREFIX}{step}"
-        n = 1
-        while target.exists() or _is_link(str(target)):
-            n += 1
-            target = path.parent / f"{UNVERIFIED_PREFIX}{step}_{n}"
-        path.rename(target)
-        log.warning(
-            "Moved damaged checkpoint step %d aside to %s; its steps will be redone. Delete "
-            "it once you no longer need it.",
-            step,
-            target,
-        )
-        self._manager.reload()
+
+        def rename():
+            path = epath.Path(self.step_dir(step))
+            target = path.parent / f"{UNVERIFIED_PREFIX}{step}"
+            n = 1
+            while target.exists() or _is_link(str(target)):
+                n += 1
+                target = path.parent / f"{UNVERIFIED_PREFIX}{step}_{n}"
+            path.rename(target)
+            log.warning(
+                "Moved damaged checkpoint step %d aside to %s; its steps will be redone. "
+                "Delete it once you no longer need it.",
+                step,
+                target,
+            )
+
+        self._on_process_0(f"move damaged step {step} aside", rename)
 
     def _report_kept(self) -> None:
         """Says which steps keep-last-N will never remove, and why."""
@@ -509,6 +477,6 @@ class Checkpoints:
 def open_read_only(directory: str) -> Checkpoints:
     """Opens a run's `checkpoints/` for reading while it may still be training: no temporary
     directory is cleaned up, no step deleted, nothing written."""
-    if "://" not in directory and not os.path.isdir(directory):
+    if not workdir_files.is_dir(directory):
         raise RunFailure(f"{directory} does not exist; train (or resume) the run first.")
     return Checkpoints(directory, read_only=True)

@@ -19,7 +19,7 @@ from absl import app, flags
 from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec
 
-from jaxvision import backend, command_line, data, metrics, parallel, plots
+from jaxvision import backend, command_line, data, metrics, parallel, plots, workdir_files
 from jaxvision import workdir as workdir_lib
 from jaxvision.console import log
 
@@ -77,7 +77,7 @@ def output_dir(workdir: str, split: str, *, checkpoint: str = "latest", ema: boo
         name += "-ema"
     if checkpoint != "latest":
         name += "-best" if checkpoint == "best" else f"-step{checkpoint}"
-    return os.path.join(workdir, "eval", name)
+    return workdir_files.join(workdir, "eval", name)
 
 
 def build_report(
@@ -131,29 +131,31 @@ def write_report(
     out_dir: str, report: dict[str, Any], labels: np.ndarray, logits: np.ndarray
 ) -> dict[str, Any]:
     """Writes report.json, predictions.npz, the PNGs and summary.md into `out_dir`."""
-    os.makedirs(out_dir, exist_ok=True)
+    workdir_files.makedirs(out_dir)
     probs = metrics.softmax(logits)
     names = [row["name"] for row in report["per_class"]]
     figures = [
         plots.confusion_matrix(
-            report["confusion_matrix"], names, os.path.join(out_dir, "confusion_matrix.png")
+            report["confusion_matrix"], names, workdir_files.join(out_dir, "confusion_matrix.png")
         ),
-        plots.roc_curves(labels, probs, names, os.path.join(out_dir, "roc_curves.png")),
+        plots.roc_curves(labels, probs, names, workdir_files.join(out_dir, "roc_curves.png")),
         plots.reliability_diagram(
-            report["calibration"], report["ece"], os.path.join(out_dir, "reliability.png")
+            report["calibration"], report["ece"], workdir_files.join(out_dir, "reliability.png")
         ),
         plots.training_curves(
             workdir_lib.metrics_records(report["workdir"]),
-            os.path.join(out_dir, "training_curves.png"),
+            workdir_files.join(out_dir, "training_curves.png"),
         ),
     ]
     report["figures"] = [os.path.basename(f) for f in figures if f]
-    np.savez_compressed(os.path.join(out_dir, "predictions.npz"), labels=labels, logits=logits)
-    with open(os.path.join(out_dir, "report.json"), "w") as f:
-        json.dump(report, f, indent=2)
-        f.write("\n")
-    with open(os.path.join(out_dir, "summary.md"), "w") as f:
-        f.write(summary_markdown(report))
+    workdir_files.write_with(
+        workdir_files.join(out_dir, "predictions.npz"),
+        lambda buffer: np.savez_compressed(buffer, labels=labels, logits=logits),
+    )
+    workdir_files.write_text(
+        workdir_files.join(out_dir, "report.json"), json.dumps(report, indent=2) + "\n"
+    )
+    workdir_files.write_text(workdir_files.join(out_dir, "summary.md"), summary_markdown(report))
     return report
 
 
@@ -175,7 +177,8 @@ def evaluate_workdir(
     out_dir = output_dir(run.workdir, split, checkpoint=checkpoint, ema=ema)
     if jax.process_index() == 0:
         write_report(out_dir, report, labels, logits)
-        log.info("Wrote %s (top-1 %.4f).", os.path.join(out_dir, "report.json"), report["accuracy"])
+        report_path = workdir_files.join(out_dir, "report.json")
+        log.info("Wrote %s (top-1 %.4f).", report_path, report["accuracy"])
     return report
 
 
@@ -186,7 +189,7 @@ def after_training(workdir: str, config: Any, info: data.DataInfo, model: Any, s
     """
     mesh = parallel.make_mesh()
     run = workdir_lib.LoadedRun(
-        workdir=os.path.abspath(workdir),
+        workdir=workdir_files.absolute(workdir),
         config=config,
         info=info,
         model=model,
@@ -204,9 +207,9 @@ def after_training(workdir: str, config: Any, info: data.DataInfo, model: Any, s
     out_dir = output_dir(run.workdir, split)
     write_report(out_dir, report, labels, logits)
     plots.training_curves(
-        workdir_lib.metrics_records(workdir), os.path.join(workdir, "training_curves.png")
+        workdir_lib.metrics_records(workdir), workdir_files.join(workdir, "training_curves.png")
     )
-    log.info("Eval report: %s", os.path.join(out_dir, "summary.md"))
+    log.info("Eval report: %s", workdir_files.join(out_dir, "summary.md"))
 
 
 def compare_table(reports: list[dict[str, Any]]) -> str:
@@ -246,7 +249,7 @@ def _evaluate(args: list[str]) -> None:
     # Validate every workdir before evaluating any, so bad input writes nothing.
     for w in workdirs:
         workdir_lib.load_config(w)
-        if not os.path.isdir(os.path.join(w, "checkpoints")):
+        if not workdir_files.is_dir(workdir_files.checkpoints_dir(w)):
             raise workdir_lib.WorkdirError(f"{w!r} holds no checkpoints/ directory.")
     reports = [
         evaluate_workdir(w, split=_SPLIT.value, checkpoint=_CHECKPOINT.value, ema=_EMA.value)
@@ -259,8 +262,7 @@ def _evaluate(args: list[str]) -> None:
         out_dir = output_dir(
             first["workdir"], first["split"], checkpoint=_CHECKPOINT.value, ema=_EMA.value
         )
-        with open(os.path.join(out_dir, "compare.md"), "w") as f:
-            f.write(table + "\n")
+        workdir_files.write_text(workdir_files.join(out_dir, "compare.md"), table + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,6 @@ float32 [N, H, W, C]) and return logits [N, num_classes].
 """
 
 import json
-import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -24,7 +23,7 @@ import numpy as np
 from absl import app, flags
 from flax import serialization
 
-from jaxvision import command_line
+from jaxvision import command_line, workdir_files
 from jaxvision import workdir as workdir_lib
 
 FORMATS = ("stablehlo", "savedmodel")
@@ -56,21 +55,19 @@ def export_stablehlo(run: workdir_lib.LoadedRun, out: str) -> list[str]:
     images = jax.ShapeDtypeStruct((batch, *run.info.image_shape), jnp.float32)
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), variables)
     exported = jax.export.export(jax.jit(_apply_fn(run)))(abstract, images)
-    os.makedirs(out, exist_ok=True)
-    paths = [os.path.join(out, n) for n in ("model.stablehlo", "variables.msgpack")]
-    with open(paths[0], "wb") as f:
-        f.write(exported.serialize())
-    with open(paths[1], "wb") as f:
-        f.write(serialization.msgpack_serialize(variables))
+    paths = [workdir_files.join(out, n) for n in ("model.stablehlo", "variables.msgpack")]
+    workdir_files.write_bytes(paths[0], bytes(exported.serialize()))
+    workdir_files.write_bytes(paths[1], serialization.msgpack_serialize(variables))
     return [*paths, _write_signature(run, out, "stablehlo")]
 
 
 def load_stablehlo(path: str) -> Callable[[np.ndarray], jax.Array]:
     """A function images [N, H, W, C] -> logits from a `stablehlo` export directory."""
-    with open(os.path.join(path, "model.stablehlo"), "rb") as f:
-        exported = jax.export.deserialize(bytearray(f.read()))
-    with open(os.path.join(path, "variables.msgpack"), "rb") as f:
-        variables = serialization.msgpack_restore(f.read())
+    model = workdir_files.read_bytes(workdir_files.join(path, "model.stablehlo"))
+    exported = jax.export.deserialize(bytearray(model))
+    variables = serialization.msgpack_restore(
+        workdir_files.read_bytes(workdir_files.join(path, "variables.msgpack"))
+    )
     return lambda images: exported.call(variables, jnp.asarray(images, jnp.float32))
 
 
@@ -109,10 +106,8 @@ def load_savedmodel(path: str) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def _write_signature(run: workdir_lib.LoadedRun, out: str, fmt: str) -> str:
-    path = os.path.join(out, "signature.json")
-    with open(path, "w") as f:
-        json.dump(signature(run, fmt), f, indent=2)
-        f.write("\n")
+    path = workdir_files.join(out, "signature.json")
+    workdir_files.write_text(path, json.dumps(signature(run, fmt), indent=2) + "\n")
     return path
 
 
@@ -143,7 +138,7 @@ def _export(args: list[str]) -> None:
 
     console.setup()
     out = _OUT.value
-    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+    if workdir_files.exists(out) and (not workdir_files.is_dir(out) or workdir_files.names(out)):
         raise workdir_lib.WorkdirError(
             f"--out={out!r} exists and is not an empty directory; choose a new path."
         )

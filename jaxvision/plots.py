@@ -1,12 +1,13 @@
 """PNG figures of a run: confusion matrix, ROC curves, reliability diagram, training curves."""
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 from sklearn import metrics as skm
+
+from jaxvision import workdir_files
 
 # Above this many classes per-class labels and curves become unreadable.
 _MAX_LABELED_CLASSES = 30
@@ -19,8 +20,10 @@ def _figure(*args: Any, figsize: tuple[float, float], **kwargs: Any) -> tuple[Fi
 
 
 def _save(fig: Any, path: str) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    kind = path.rsplit(".", 1)[-1] if "." in path.rsplit("/", 1)[-1] else "png"
+    workdir_files.write_with(
+        path, lambda buffer: fig.savefig(buffer, format=kind, dpi=110, bbox_inches="tight")
+    )
     return path
 
 

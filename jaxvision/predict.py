@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
-from jaxvision import backend, command_line, exit_status, metrics
+from jaxvision import backend, command_line, exit_status, metrics, workdir_files
 from jaxvision import workdir as workdir_lib
 
 Image = str | bytes | np.ndarray
@@ -240,8 +240,22 @@ def overlay_names(paths: Sequence[str]) -> list[str]:
 
 def check_explain_dir(out_dir: str, paths: Sequence[str], names: Sequence[str], overwrite: bool):
     """Refuses an overlay folder that holds an input, or whose files would be replaced."""
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    if workdir_files.exists(out_dir) and not workdir_files.is_dir(out_dir):
         raise exit_status.BadInputError(f"--explain={out_dir!r} exists and is not a folder.")
+    if workdir_files.is_remote(out_dir):  # inputs are local files: none can be in it
+        existing = [n for n in names if workdir_files.exists(workdir_files.join(out_dir, n))]
+    else:
+        existing = _local_clashes(out_dir, paths, names)
+    if existing and not overwrite:
+        raise exit_status.BadInputError(
+            f"--explain={out_dir!r} already has {', '.join(existing[:5])}"
+            f"{f' and {len(existing) - 5} more' if len(existing) > 5 else ''}; pass "
+            "--overwrite to replace them, or choose another folder."
+        )
+
+
+def _local_clashes(out_dir: str, paths: Sequence[str], names: Sequence[str]) -> list[str]:
+    """The overlay names already taken in a local `out_dir`; refuses one holding an input."""
     real_out = os.path.realpath(out_dir)
     for path in paths:
         real = os.path.realpath(path)
@@ -250,13 +264,7 @@ def check_explain_dir(out_dir: str, paths: Sequence[str], names: Sequence[str], 
                 f"--explain={out_dir!r} holds the input {path}; overlays are never written "
                 "among the images they explain. Choose another folder."
             )
-    existing = [n for n in names if os.path.lexists(os.path.join(out_dir, n))]
-    if existing and not overwrite:
-        raise exit_status.BadInputError(
-            f"--explain={out_dir!r} already has {', '.join(existing[:5])}"
-            f"{f' and {len(existing) - 5} more' if len(existing) > 5 else ''}; pass "
-            "--overwrite to replace them, or choose another folder."
-        )
+    return [n for n in names if os.path.lexists(os.path.join(out_dir, n))]
 
 
 def write_overlays(
@@ -281,8 +289,8 @@ def write_overlays(
             shown = np.asarray(img.convert("RGB").resize(heatmap.shape[::-1]))
         best = result["top_k"][0]
         title = f"{best['label']} ({best['probability']:.2f}) - {method.replace('_', ' ')}"
-        target = os.path.join(out_dir, name)
-        if os.path.islink(target):
+        target = workdir_files.join(out_dir, name)
+        if not workdir_files.is_remote(target) and os.path.islink(target):
             os.remove(target)  # replace the link itself, never write through it
         written.append(plots.overlay(shown, heatmap, target, title))
     return written

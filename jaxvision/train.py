@@ -3,7 +3,6 @@
 import contextlib
 import dataclasses
 import json
-import os
 import signal
 import threading
 import time
@@ -14,7 +13,16 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxvision import checkpoint, data, models, parallel, step_factory, steps, writers
+from jaxvision import (
+    checkpoint,
+    data,
+    models,
+    parallel,
+    step_factory,
+    steps,
+    workdir_files,
+    writers,
+)
 from jaxvision import config as config_lib
 from jaxvision.console import log
 from jaxvision.exit_status import Preempted, RunFailure
@@ -30,10 +38,11 @@ class DivergedError(RunFailure):
 
 def check_workdir(workdir: str) -> None:
     """Fails early when the workdir cannot hold a run."""
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
+    if workdir_files.exists(workdir) and not workdir_files.is_dir(workdir):
         raise ValueError(
             f"--workdir {workdir!r} is a file, not a directory. Pass a new or existing directory."
         )
+    workdir_files.check_checkpoint_location(workdir_files.checkpoints_dir(workdir))
 
 
 def with_pretrained_overrides(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -360,7 +369,7 @@ def _train(s: _Setup, state, loop: _Loop, stop: _StopRequest) -> tuple[Any, int]
 
 def _workdir_lock(workdir: str):
     """The workdir's writer lock, taken by process 0 (the others share its run)."""
-    if jax.process_index() != 0 or "://" in workdir:
+    if jax.process_index() != 0:
         return contextlib.nullcontext()
     return WorkdirLock(workdir)
 
@@ -378,20 +387,22 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     config = with_pretrained_overrides(config)
     # Built before the workdir exists: a config the data or schedule rejects leaves nothing.
     s = _build(config)
-    os.makedirs(workdir, exist_ok=True)
+    workdir_files.makedirs(workdir)
     with _workdir_lock(workdir):
         return _run_locked(s, config, workdir)
 
 
 def _run_locked(s: _Setup, config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     ckpts = checkpoint.Checkpoints(
-        os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints
+        workdir_files.checkpoints_dir(workdir), keep=config.keep_checkpoints
     )
     try:
         state, start_step = _restore_or_init(s, ckpts, workdir)
         if jax.process_index() == 0:
-            with open(os.path.join(workdir, "config.json"), "w") as f:
-                f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+            workdir_files.write_text(
+                workdir_files.join(workdir, "config.json"),
+                config.to_json_best_effort(indent=2, sort_keys=True) + "\n",
+            )
         writer = writers.MetricWriter(workdir, resume_step=start_step)
         log.info(
             "Training %s on %s: %d steps of %d images on %d devices (%d processes)%s.",

@@ -7,14 +7,13 @@ variables `model.apply` needs. Every failure names the path and what to do.
 
 import dataclasses
 import json
-import os
 from typing import Any
 
 import flax.linen as nn
 import jax
 import ml_collections
 
-from jaxvision import checkpoint, data, parallel, step_factory, steps
+from jaxvision import checkpoint, data, parallel, step_factory, steps, workdir_files
 from jaxvision import config as config_lib
 
 
@@ -43,19 +42,18 @@ class LoadedRun:
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
     """The run's `config.json` on top of today's defaults, locked like a config file."""
-    if not os.path.isdir(workdir):
+    if not workdir_files.is_dir(workdir):
         raise WorkdirError(
             f"Workdir {workdir!r} does not exist. Pass the --workdir a training run wrote."
         )
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
+    path = workdir_files.join(workdir, "config.json")
+    if not workdir_files.is_file(path):
         raise WorkdirError(
             f"{path} not found: {workdir!r} is not a jaxvision training workdir. "
             "Train first with python -m jaxvision.main --config=... --workdir=DIR."
         )
     try:
-        with open(path) as f:
-            saved = json.load(f)
+        saved = json.loads(workdir_files.read_text(path))
     except json.JSONDecodeError as e:
         raise WorkdirError(f"{path} is not valid JSON ({e}); the run's config is damaged.") from e
     config = config_lib.base()
@@ -73,11 +71,10 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 def metrics_records(workdir: str) -> list[dict[str, float]]:
     """Every line of the run's `metrics.jsonl` (empty if it has none)."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.isfile(path):
+    path = workdir_files.join(workdir, "metrics.jsonl")
+    if not workdir_files.is_file(path):
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line) for line in workdir_files.lines(path) if line.strip()]
 
 
 def _best_step(workdir: str, available: list[int]) -> int:
@@ -141,8 +138,8 @@ def load(
 ) -> LoadedRun:
     """Restores `workdir`'s chosen checkpoint; raises WorkdirError with the reason otherwise."""
     config = load_config(workdir)
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(ckpt_dir):
+    ckpt_dir = workdir_files.checkpoints_dir(workdir)
+    if not workdir_files.is_dir(ckpt_dir):
         # Checked before Orbax sees the path: its manager would create the directory.
         raise WorkdirError(
             f"{workdir!r} holds no checkpoints/ directory; train (or resume) the run first."
@@ -155,14 +152,15 @@ def load(
         num_train_examples=info.num_train,
         mesh=mesh,
     )
-    ckpts = checkpoint.Checkpoints(ckpt_dir, keep=max(config.keep_checkpoints, 1))
+    # Read-only: a run that is still training keeps its in-flight save and its old steps.
+    ckpts = checkpoint.open_read_only(ckpt_dir)
     try:
         step = choose_step(workdir, ckpts, str(checkpoint_step))
         state, _ = ckpts.restore(step, _abstract_state(built))
     finally:
         ckpts.close()
     return LoadedRun(
-        workdir=os.path.abspath(workdir),
+        workdir=workdir_files.absolute(workdir),
         config=config,
         info=info,
         model=built.model,

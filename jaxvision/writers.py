@@ -2,12 +2,12 @@
 
 import json
 import math
-import os
 import sys
 import time
 
 import jax
 
+from jaxvision import workdir_files
 from jaxvision.console import log
 
 
@@ -23,37 +23,35 @@ class MetricWriter:
 
     def __init__(self, workdir: str, *, resume_step: int = 0):
         self.enabled = jax.process_index() == 0
-        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.path = workdir_files.join(workdir, "metrics.jsonl")
         self._tb = None
         if not self.enabled:
             return
-        if resume_step and os.path.exists(self.path):
+        if resume_step and workdir_files.exists(self.path):
             self._truncate_after(resume_step)
         import tensorflow as tf
 
-        self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+        # tf.summary writes through tf.io.gfile, which takes the same URLs as workdir_files.
+        self._tb = tf.summary.create_file_writer(workdir_files.join(workdir, "tensorboard"))
 
     def _truncate_after(self, step: int) -> None:
         """Drops lines a killed run logged after its last checkpoint; they will be redone."""
         lines = []
-        with open(self.path) as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line torn by the kill
-                if record.get("step", 0) <= step:
-                    lines.append(line if line.endswith("\n") else line + "\n")
-        with open(self.path, "w") as f:
-            f.writelines(lines)
+        for line in workdir_files.lines(self.path):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line torn by the kill
+            if record.get("step", 0) <= step:
+                lines.append(line if line.endswith("\n") else line + "\n")
+        workdir_files.write_text(self.path, "".join(lines))
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         """Appends one JSON line and TensorBoard scalars for `step`."""
         if not self.enabled:
             return
         record = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        workdir_files.append_text(self.path, json.dumps(record) + "\n")
         import tensorflow as tf
 
         with self._tb.as_default(step=int(step)):

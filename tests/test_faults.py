@@ -6,6 +6,10 @@ import errno
 import hashlib
 import logging
 import os
+import shutil
+import socket
+import subprocess
+import sys
 import threading
 import types
 
@@ -17,6 +21,7 @@ import pytest
 
 from jaxvision import checkpoint, steps, train, workdir_lock
 from jaxvision.exit_status import RunFailure
+from tests.trained_runs import REPO
 
 
 @pytest.fixture(autouse=True)
@@ -215,6 +220,49 @@ def test_a_reader_never_touches_a_live_save_which_then_completes(tmp_path, monke
     ckpts.close()
 
 
+def _tree(root) -> tuple[dict[str, str], set[str]]:
+    """File hashes and directory names under `root`: what a reader must leave as it was."""
+    dirs = {os.path.relpath(d, root) for d, _, _ in os.walk(root)}
+    return _hashes(root), dirs
+
+
+def test_evaluate_during_a_live_save_changes_nothing_in_checkpoints_and_the_save_completes(
+    tmp_path, monkeypatch
+):
+    from orbax.checkpoint._src.path import atomicity
+
+    from jaxvision import evaluate
+    from tests.trained_runs import cnn_workdir
+
+    workdir = str(tmp_path / "run")
+    shutil.copytree(cnn_workdir(), workdir, symlinks=True)
+    directory = os.path.join(workdir, "checkpoints")
+    reached, release = threading.Event(), threading.Event()
+    finalize = atomicity.AtomicRenameTemporaryPath.finalize
+
+    async def held(self, *args, **kwargs):
+        if self.get_final().name == "400":  # the step itself, once its items are written
+            reached.set()
+            release.wait(120)
+        return await finalize(self, *args, **kwargs)
+
+    monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, "finalize", held)
+    trainer = _writer(directory, keep=10)
+    trainer.save(400, _state(400.0), {"step": 400})
+    assert reached.wait(60)
+    before = _tree(directory)
+    assert any(d.startswith("400.") for d in before[1])  # the live save, not yet finalised
+    try:
+        report = evaluate.evaluate_workdir(workdir)
+        assert report["step"] == 300  # the newest finalised step, not the one in flight
+        assert _tree(directory) == before  # nothing created, deleted or changed
+    finally:
+        release.set()
+    trainer.wait()
+    assert checkpoint.verify(trainer.step_dir(400)) == []
+    trainer.close()
+
+
 def test_a_second_trainer_fails_at_once_naming_the_holder(smoke_config, tmp_path):
     workdir = str(tmp_path / "run")
     busy = pytest.raises(workdir_lock.WorkdirBusy, match=rf"pid {os.getpid()}, started ")
@@ -295,3 +343,53 @@ def test_skip_mode_fails_once_more_than_max_skipped_share_of_steps_were_skipped(
     loop.skipped = 11
     with pytest.raises(train.DivergedError, match=r"11 of the 100 steps .* max_skipped_share=0.1"):
         loop.check_skipped(200)
+
+
+def _run_pair(args: list[str]) -> list[str]:
+    """Runs `python -m jaxvision.main ARGS` as processes 0 and 1 of one run; their stderr."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    pair = [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "jaxvision.main", *args, *pair, f"--process_id={i}"],
+            cwd=REPO,
+            env={**os.environ, "XLA_FLAGS": ""},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    errs = [p.communicate(timeout=900)[1] for p in procs]
+    for p, err in zip(procs, errs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    return errs
+
+
+@pytest.mark.slow  # ~4 min: two runs of two processes
+def test_two_processes_resume_past_a_damaged_step_and_adopt_one_without_manifest(tmp_path):
+    workdir = str(tmp_path / "run")
+    args = [
+        "--config=configs/quickstart.py:smoke",
+        "--config.dataset.name=digits",
+        f"--workdir={workdir}",
+        "--config.checkpoint_every_steps=10",
+        "--config.keep_checkpoints=10",
+    ]
+    _run_pair([*args, "--config.num_train_steps=30"])
+    directory = os.path.join(workdir, "checkpoints")
+    os.remove(os.path.join(directory, "20", checkpoint.MANIFEST))
+    with open(os.path.join(directory, "30", "meta", "metadata"), "w") as f:
+        f.write('{"step": 99}')
+    # Process 0 alone moves 30 aside and gives 20 its manifest; process 1 waits for it.
+    errs = _run_pair([*args, "--config.num_train_steps=40"])
+    assert "Resumed from" in errs[0] and "at step 20." in errs[0], errs[0][-3000:]
+    assert "Checkpoint step 30 is damaged" in errs[1], errs[1][-3000:]
+    assert os.path.isdir(os.path.join(directory, checkpoint.UNVERIFIED_PREFIX + "30"))
+    assert checkpoint.read_manifest(os.path.join(directory, "20"))["origin"] == "saved"
+    reader = checkpoint.open_read_only(directory)
+    assert reader.all_steps() == [10, 20, 30, 40]
+    assert all(checkpoint.verify(reader.step_dir(s)) == [] for s in (10, 20, 30, 40))
+    reader.close()

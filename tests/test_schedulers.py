@@ -160,6 +160,17 @@ def _verified(ckpt_dir: str) -> dict[int, dict]:
     return out
 
 
+def _save_in_flight(ckpt_dir: str) -> bool:
+    """Whether a killed run left a save unfinished: an Orbax temporary directory, a step
+    finalised without its manifest, or an old step half deleted."""
+    for name in os.listdir(ckpt_dir):
+        if ".orbax-checkpoint-tmp" in name or name.startswith("_deleting_"):
+            return True
+        if name.isdigit() and not os.path.exists(os.path.join(ckpt_dir, name, checkpoint.MANIFEST)):
+            return True
+    return False
+
+
 def _final_params(workdir: str, step: int) -> dict:
     import orbax.checkpoint as ocp
 
@@ -174,14 +185,14 @@ def _final_params(workdir: str, step: int) -> dict:
 
 @pytest.mark.slow  # ~3 min: 2 full toy runs and 24 killed ones
 def test_kill_9_at_random_points_of_saves_always_resumes_to_identical_weights(tmp_path):
-    total = 60
+    total = 80  # room for 24 kills before the run is done
     reference = str(tmp_path / "reference")
     proc = _toy(reference, total)
     assert proc.wait(timeout=600) == 0, proc.stderr.read()[-3000:]
     workdir = str(tmp_path / "killed")
     ckpt_dir = os.path.join(workdir, "checkpoints")
     rng = random.Random(0)
-    kills = 0
+    kills = in_save = 0
     while kills < 24:
         before = _verified(ckpt_dir)
         if before and max(before) >= total:
@@ -195,14 +206,23 @@ def test_kill_9_at_random_points_of_saves_always_resumes_to_identical_weights(tm
                 break
             time.sleep(0.01)
         time.sleep(rng.uniform(0.0, 0.3))
+        # Then the next moment a save is under way (a random point inside it).
+        deadline = time.time() + 2
+        while time.time() < deadline and proc.poll() is None and not _save_in_flight(ckpt_dir):
+            time.sleep(0.002)
         if proc.poll() is None:
             proc.kill()  # SIGKILL: no handler, no clean-up
             kills += 1
         proc.wait()
+        if proc.returncode == -signal.SIGKILL:
+            in_save += _save_in_flight(ckpt_dir)  # read before the next attempt cleans up
         after = _verified(ckpt_dir)
         for step, files in before.items():  # a verified step is never deleted or changed
             assert after.get(step) == files, f"verified step {step} was lost after a kill"
     assert kills >= 20
+    # The point of the test: most kills must land inside a save, not between saves.
+    print(f"{in_save} of {kills} kills landed inside a save")
+    assert in_save > kills / 2, f"only {in_save} of {kills} kills landed inside a save"
     proc = _toy(workdir, total)
     assert proc.wait(timeout=600) == 0, proc.stderr.read()[-3000:]
     a, b = _final_params(reference, total), _final_params(workdir, total)
