@@ -101,3 +101,12 @@ def test_channels_must_be_0_1_or_3_and_only_for_folders(gray_crops, tmp_path):
     config.dataset.channels = 1
     with pytest.raises(ValueError, match=r"dataset\.channels applies to folder"):
         data.catalog.validate_config(config.dataset)
+
+
+def test_a_model_built_for_one_size_gets_that_size(gray_crops, tmp_path, caplog):
+    config = _quickstart_on(gray_crops, tmp_path)
+    config.model = config_lib.model("vit_ti4", image_size=16, depth=1)
+    with caplog.at_level(logging.INFO, logger="jaxvision"):
+        info = data.prepare(config)
+    assert info.image_shape == (16, 16, 1)
+    assert "training at 16 px because model.image_size is 16" in caplog.text

@@ -117,12 +117,18 @@ def _folder_source(config: ml_collections.ConfigDict, spec: DatasetSpec) -> sour
 def _choose_folder_input(config: ml_collections.ConfigDict, scanned: folder.ImageFolder) -> None:
     """Fills the folder's unset dataset.image_size and dataset.channels from its images and
     logs the choice, so config.json records the size and channels the run trained at."""
-    cfg = config.dataset
-    if not cfg.image_size:
-        # A pretrained model keeps at most its own resolution; patches of 16 divide it.
-        cap = int(config.model.get("image_size", 0)) or catalog.FOLDER_DEFAULT_SIZE
+    cfg, why = config.dataset, ""
+    model_size = int(config.model.get("image_size", 0))
+    if not cfg.image_size and model_size:
+        # A model built for one resolution (ViTs) takes only that.
+        cfg.image_size, why = model_size, f"model.image_size is {model_size}"
+    elif not cfg.image_size:
+        # Patches of 16 divide a pretrained model's size (pretrained ViTs resize their grid).
         multiple = 16 if config.pretrained else 8
-        cfg.image_size, why = folder.choose_image_size(scanned.shapes, cap=cap, multiple=multiple)
+        cfg.image_size, why = folder.choose_image_size(
+            scanned.shapes, cap=catalog.FOLDER_DEFAULT_SIZE, multiple=multiple
+        )
+    if why:
         log.info(
             "%s: training at %d px because %s (set --config.dataset.image_size to override).",
             scanned.root,
