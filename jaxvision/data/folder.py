@@ -6,7 +6,8 @@ is first scanned, with the same decoder the pipeline uses, so a file that passes
 never fail later inside tf.data. Files that are empty, not images, corrupt, dangling links,
 unreadable, named in bytes that are not UTF-8, or larger than dataset.max_image_pixels
 (read from the header, never decoded: decompression bombs) are reported by path in a
-warning and skipped (or, with dataset.on_bad_file="error", stop the run). The verdicts are
+warning and skipped (or, with dataset.on_bad_file="error", stop the run). The verdicts, with
+each image's size and whether it is grayscale (`choose_image_size`, `choose_channels`), are
 cached per (path, size, mtime, pixel limit) so later runs and resumes scan in seconds.
 """
 
@@ -348,7 +349,8 @@ def scan(
             int(held.sum()),
             eval_split,
         )
-    return ImageFolder(root, classes, splits, report, np.asarray(list(shapes.values()), np.int64))
+    sizes = np.asarray(list(shapes.values()), np.int64).reshape(-1, 3)
+    return ImageFolder(root, classes, splits, report, sizes)
 
 
 def choose_image_size(shapes: np.ndarray, *, cap: int, multiple: int) -> tuple[int, str]:
