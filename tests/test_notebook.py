@@ -2,6 +2,7 @@
 kernel that installs jaxvision by its own first cell (from a wheel of this checkout)."""
 
 import os
+import re
 import sys
 
 import nbformat
@@ -69,14 +70,14 @@ def test_a_changed_code_cell_makes_the_notebook_stale(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def fresh_kernel(tmp_path_factory):
-    """A kernel without jaxvision, and a wheel of this checkout as the notebooks' source."""
-    work = str(tmp_path_factory.mktemp("kernel"))
-    wheel = sync_notebooks.build_wheel(os.path.join(work, "dist"))
-    return sync_notebooks.fresh_kernel(work, wheel)
+def wheel(tmp_path_factory) -> str:
+    """A wheel of this checkout: the source the notebooks' install cells are given."""
+    return sync_notebooks.build_wheel(str(tmp_path_factory.mktemp("dist")))
 
 
-def _run(name: str, parameters: str, kernel, tmp_path) -> nbformat.NotebookNode:
+def _run(name: str, parameters: str, wheel: str, tmp_path) -> nbformat.NotebookNode:
+    """Runs colab/NAME.ipynb with `parameters` in a new kernel without jaxvision."""
+    kernel = sync_notebooks.fresh_kernel(str(tmp_path / "kernel"), wheel)
     nb = _notebook(name)
     (cell,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     cell.source = parameters
@@ -87,8 +88,8 @@ def _run(name: str, parameters: str, kernel, tmp_path) -> nbformat.NotebookNode:
     return nb
 
 
-def test_quickstart_notebook_runs_from_a_fresh_kernel(fresh_kernel, tmp_path):
-    nb = _run("quickstart", 'NUM_EPOCHS = 0.5\nWORKDIR = "run"\n', fresh_kernel, tmp_path)
+def test_quickstart_notebook_runs_from_a_fresh_kernel(wheel, tmp_path):
+    nb = _run("quickstart", 'NUM_EPOCHS = 0.5\nWORKDIR = "run"\n', wheel, tmp_path)
     assert "final test accuracy:" in _text(nb)
     assert _figures(nb) == 2
     assert (tmp_path / "content" / "run" / "metrics.jsonl").exists()
@@ -96,3 +97,29 @@ def test_quickstart_notebook_runs_from_a_fresh_kernel(fresh_kernel, tmp_path):
 
 def test_the_readmes_link_only_the_projects_own_address():
     assert sync_notebooks.readme_problems() == []
+
+
+@pytest.mark.slow
+def test_finetune_notebook_beats_from_scratch_at_the_same_step_count(wheel, tmp_path):
+    # PRETRAINED="" makes the notebook pretrain its CNN on mnist5k first: offline, in this test.
+    parameters = (
+        'PRETRAINED = ""\nTARGET = ""\nMODEL = "cnn"\nMODEL_OVERRIDES = {}\nIMAGE_SIZE = 16\n'
+        'PRETRAIN_STEPS = 300\nSTEPS = 60\nWORKDIR = "run"\n'
+    )
+    nb = _run("finetune", parameters, wheel, tmp_path)
+    found = re.search(r"fine-tuned test accuracy ([\d.]+), from scratch ([\d.]+)", _text(nb))
+    assert found, _text(nb)[-2000:]
+    tuned, scratch = map(float, found.groups())
+    assert tuned > scratch + 0.05
+    assert _figures(nb) == 2  # the confusion matrix and the worst mistakes
+
+
+@pytest.mark.slow
+def test_explain_notebook_draws_both_galleries(wheel, tmp_path):
+    nb = _run(
+        "explain",
+        'CNN_RUN = ""\nVIT_RUN = ""\nSTEPS = 40\nWORKDIR = "run"\n',
+        wheel,
+        tmp_path,
+    )
+    assert _figures(nb) == 1

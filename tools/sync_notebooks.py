@@ -105,6 +105,7 @@ def _stand_in_for_tensorflow(shared: str) -> None:
 def fresh_kernel(work: str, wheel: str) -> KernelSpecManager:
     """A kernel in a new venv that sees this environment's packages except jaxvision, so a
     notebook's own install cell must install it (a dependency-sized download is avoided)."""
+    os.makedirs(work, exist_ok=True)
     venv = os.path.join(work, "venv")
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
     shared = os.path.join(work, "shared-site-packages")
@@ -153,7 +154,11 @@ def execute(
 ) -> nbformat.NotebookNode:
     """Runs `nb` top to bottom in a new kernel from `specs`, in `cwd` (like Colab's /content)."""
     km = KernelManager(kernel_name=KERNEL, kernel_spec_manager=specs)
-    NotebookClient(nb, km=km, timeout=timeout, resources={"metadata": {"path": cwd}}).execute()
+    try:
+        NotebookClient(nb, km=km, timeout=timeout, resources={"metadata": {"path": cwd}}).execute()
+    finally:
+        if km.has_kernel:  # a client given its kernel manager leaves the kernel running
+            km.shutdown_kernel(now=True)
     return nb
 
 
@@ -161,8 +166,8 @@ def refresh(names: list[str]) -> None:
     """Re-executes the named notebooks and saves them with their outputs and fingerprint."""
     with tempfile.TemporaryDirectory() as work:
         wheel = build_wheel(os.path.join(work, "dist"))
-        specs = fresh_kernel(work, wheel)
         for name in names:
+            specs = fresh_kernel(os.path.join(work, f"kernel-{name}"), wheel)
             path = os.path.join(COLAB, f"{name}.ipynb")
             nb = nbformat.read(path, as_version=4)
             nb.metadata.setdefault("jaxvision", {})["name"] = name
