@@ -89,7 +89,7 @@ def _run(name: str, parameters: str, wheel: str, tmp_path) -> nbformat.NotebookN
 
 
 def test_quickstart_notebook_runs_from_a_fresh_kernel(wheel, tmp_path):
-    nb = _run("quickstart", 'NUM_EPOCHS = 0.5\nWORKDIR = "run"\n', wheel, tmp_path)
+    nb = _run("quickstart", 'NUM_EPOCHS = 2.0\nWORKDIR = "run"\n', wheel, tmp_path)
     assert "final test accuracy:" in _text(nb)
     assert _figures(nb) == 2
     assert (tmp_path / "content" / "run" / "metrics.jsonl").exists()
@@ -101,10 +101,11 @@ def test_the_readmes_link_only_the_projects_own_address():
 
 @pytest.mark.slow
 def test_finetune_notebook_beats_from_scratch_at_the_same_step_count(wheel, tmp_path):
-    # PRETRAINED="" makes the notebook pretrain its CNN on mnist5k first: offline, in this test.
+    # PRETRAINED="" makes the notebook pretrain its ViT on mnist5k first: offline, in this test.
     parameters = (
-        'PRETRAINED = ""\nTARGET = ""\nMODEL = "cnn"\nMODEL_OVERRIDES = {}\nIMAGE_SIZE = 16\n'
-        'PRETRAIN_STEPS = 300\nSTEPS = 60\nWORKDIR = "run"\n'
+        'PRETRAINED = ""\nTARGET = ""\nMODEL = "vit_ti4"\nMODEL_OVERRIDES = dict(image_size=16, '
+        'pool="gap", depth=2, hidden_size=64, num_heads=2, mlp_dim=128)\nIMAGE_SIZE = 16\n'
+        'PRETRAIN_STEPS = 400\nSTEPS = 60\nWORKDIR = "run"\n'
     )
     nb = _run("finetune", parameters, wheel, tmp_path)
     found = re.search(r"fine-tuned test accuracy ([\d.]+), from scratch ([\d.]+)", _text(nb))
