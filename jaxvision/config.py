@@ -35,7 +35,10 @@ def base() -> ml_collections.ConfigDict:
     c.dataset.train_split = ""  # "" = the catalog's default
     c.dataset.eval_split = ""
     c.dataset.num_classes = 0  # 0 = from the dataset's info
-    c.dataset.image_size = 0  # 0 = the catalog's default
+    # 0 = the catalog's default; folders: model.image_size if set, else from their images
+    # (the median shorter side, at most 224).
+    c.dataset.image_size = 0
+    c.dataset.channels = 0  # folder: 1 or 3; 0 = 1 when every image is grayscale, else 3
     c.dataset.train_pp = ""  # preprocessing ops, e.g. "decode|random_crop(28,2)|value_range"
     c.dataset.eval_pp = ""
     c.dataset.shuffle_buffer = 10_000

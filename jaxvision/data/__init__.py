@@ -25,6 +25,7 @@ import tensorflow_datasets as tfds
 from jax.sharding import Mesh
 
 from jaxvision import parallel
+from jaxvision.console import log
 from jaxvision.data import builders, catalog, folder, preprocess, sampling, sources
 from jaxvision.data.catalog import DatasetSpec
 from jaxvision.exit_status import BadInputError
@@ -98,6 +99,7 @@ def _tfds_source(config: ml_collections.ConfigDict, spec: DatasetSpec) -> source
 
 
 def _folder_source(config: ml_collections.ConfigDict, spec: DatasetSpec) -> sources.FolderSource:
+    """The verified files of a folder; fills the size and channels the config leaves unset."""
     cfg = config.dataset
     scanned = folder.scan(
         spec.folder,
@@ -108,7 +110,43 @@ def _folder_source(config: ml_collections.ConfigDict, spec: DatasetSpec) -> sour
         cache_dir=_data_dir(cfg) or "",
         max_image_pixels=cfg.max_image_pixels,
     )
+    _choose_folder_input(config, scanned)
     return sources.FolderSource(scanned)
+
+
+def _choose_folder_input(config: ml_collections.ConfigDict, scanned: folder.ImageFolder) -> None:
+    """Fills the folder's unset dataset.image_size and dataset.channels from its images and
+    logs the choice, so config.json records the size and channels the run trained at."""
+    cfg, why = config.dataset, ""
+    model_size = int(config.model.get("image_size", 0))
+    if not cfg.image_size and model_size:
+        # A model built for one resolution (ViTs) takes only that.
+        cfg.image_size, why = model_size, f"model.image_size is {model_size}"
+    elif not cfg.image_size:
+        # Patches of 16 divide a pretrained model's size (pretrained ViTs resize their grid).
+        multiple = 16 if config.pretrained else 8
+        cfg.image_size, why = folder.choose_image_size(
+            scanned.shapes, cap=catalog.FOLDER_DEFAULT_SIZE, multiple=multiple
+        )
+    if why:
+        log.info(
+            "%s: training at %d px because %s (set --config.dataset.image_size to override).",
+            scanned.root,
+            cfg.image_size,
+            why,
+        )
+    if not cfg.channels:
+        if config.pretrained:
+            cfg.channels, why = 3, "the pretrained model takes RGB images"
+        else:
+            cfg.channels, why = folder.choose_channels(scanned.shapes)
+        log.info(
+            "%s: %d channel%s because %s (set --config.dataset.channels to override).",
+            scanned.root,
+            cfg.channels,
+            "" if cfg.channels == 1 else "s",
+            why,
+        )
 
 
 def _output_shape(source, split: str, pp: str, what: str) -> tuple[int, ...]:
@@ -126,9 +164,16 @@ def _output_shape(source, split: str, pp: str, what: str) -> tuple[int, ...]:
 
 
 def prepare(config: ml_collections.ConfigDict) -> DataInfo:
-    """Resolves the dataset, checks it is readable and its pipelines produce one image shape."""
+    """Resolves the dataset, checks it is readable and its pipelines produce one image shape.
+
+    For a folder, dataset.image_size and dataset.channels left at 0 are set in `config` to
+    what its images suggest (logged with the reason)."""
     spec = catalog.resolve(config.dataset)
-    source = _folder_source(config, spec) if spec.folder else _tfds_source(config, spec)
+    if spec.folder:
+        source = _folder_source(config, spec)
+        spec = catalog.resolve(config.dataset)  # at the size and channels the folder chose
+    else:
+        source = _tfds_source(config, spec)
     num_classes = spec.num_classes or source.num_classes
     if not num_classes or (source.num_classes and num_classes < source.num_classes):
         raise ValueError(

@@ -10,6 +10,12 @@ import dataclasses
 import ml_collections
 
 FOLDER_PREFIX = "folder:"
+# An image folder's size when dataset.image_size is unset and its images were not measured
+# (and the cap of the measured size): the natural size of ImageNet-trained models.
+FOLDER_DEFAULT_SIZE = 224
+# Folders of images up to this side train with low-resolution preprocessing (no crops that
+# would cut away a tiny image's edges).
+SMALL_FOLDER_SIZE = 64
 
 # Natural-image defaults shared by ImageNet-like presets and image folders.
 _INCEPTION_TRAIN = "decode|inception_crop({size})|flip_lr|{norm}"
@@ -178,24 +184,35 @@ def format_pp(template: str, size: int, norm: str) -> str:
     return template.format(size=size, resize=round(size * 8 / 7), norm=norm)
 
 
+def _folder_preset(size: int, channels: int) -> Preset:
+    """An image folder: small images are padded and cropped like CIFAR, photos inception-cropped."""
+    norm = "value_range(-1,1)" if channels == 1 else "normalize(imagenet)"
+    if size <= SMALL_FOLDER_SIZE:
+        return _small(
+            "", 0, size, channels, norm, train_split="train", eval_split="test", offline=True
+        )
+    decode = "decode(1)" if channels == 1 else "decode"
+    return Preset(
+        tfds_name="",
+        train_split="train",
+        eval_split="test",
+        test_split="test",
+        num_classes=0,
+        image_size=size,
+        channels=channels,
+        normalization=norm,
+        train_pp=_INCEPTION_TRAIN.replace("decode", decode),
+        eval_pp=_CENTRAL_EVAL.replace("decode", decode),
+        offline=True,
+    )
+
+
 def _preset_for(cfg: ml_collections.ConfigDict) -> Preset:
     name = cfg.name
     if name in PRESETS:
         return PRESETS[name]
     if is_folder(name):
-        return Preset(
-            tfds_name="",
-            train_split="train",
-            eval_split="test",
-            test_split="test",
-            num_classes=0,
-            image_size=224,
-            channels=3,
-            normalization="normalize(imagenet)",
-            train_pp=_INCEPTION_TRAIN,
-            eval_pp=_CENTRAL_EVAL,
-            offline=True,
-        )
+        return _folder_preset(cfg.image_size or FOLDER_DEFAULT_SIZE, cfg.channels or 3)
     import tensorflow_datasets as tfds
 
     if name.split("/")[0].split(":")[0] not in tfds.list_builders():
@@ -275,8 +292,15 @@ def validate_config(cfg: ml_collections.ConfigDict) -> None:
     require(cfg.shuffle_buffer >= 1, "dataset.shuffle_buffer must be >= 1.")
     require(cfg.image_size >= 0 and cfg.num_classes >= 0, "dataset.image_size/num_classes >= 0.")
     require(cfg.parallel_calls >= 0 and cfg.threads >= 0, "dataset.parallel_calls/threads >= 0.")
+    require(cfg.channels in (0, 1, 3), f"dataset.channels must be 0, 1 or 3, got {cfg.channels}.")
     if is_folder(cfg.name):
         require(bool(cfg.name[len(FOLDER_PREFIX) :]), "dataset.name 'folder:' needs a path.")
+    else:
+        require(
+            not cfg.channels,
+            "dataset.channels applies to folder: datasets only; the catalog's datasets have "
+            "their own (change the decode op of dataset.train_pp/eval_pp instead).",
+        )
     spec = resolve(cfg)
     for key, pp in (("train_pp", spec.train_pp), ("eval_pp", spec.eval_pp)):
         try:

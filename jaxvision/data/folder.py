@@ -6,7 +6,8 @@ is first scanned, with the same decoder the pipeline uses, so a file that passes
 never fail later inside tf.data. Files that are empty, not images, corrupt, dangling links,
 unreadable, named in bytes that are not UTF-8, or larger than dataset.max_image_pixels
 (read from the header, never decoded: decompression bombs) are reported by path in a
-warning and skipped (or, with dataset.on_bad_file="error", stop the run). The verdicts are
+warning and skipped (or, with dataset.on_bad_file="error", stop the run). The verdicts, with
+each image's size and whether it is grayscale (`choose_image_size`, `choose_channels`), are
 cached per (path, size, mtime, pixel limit) so later runs and resumes scan in seconds.
 """
 
@@ -76,8 +77,13 @@ def printable(path: str) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def _pixels(data: bytes) -> float | None:
-    """Width x height from the image header, without decoding; None if PIL cannot tell."""
+# PIL modes of single-channel images (alpha, where present, is dropped when decoding).
+_GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F")
+
+
+def _header(data: bytes) -> tuple[float, int, int, int] | None:
+    """(pixels, height, width, channels) from the image header without decoding; None if PIL
+    cannot tell. Channels are 1 for grayscale and 3 for everything else."""
     from PIL import Image
 
     try:
@@ -85,13 +91,14 @@ def _pixels(data: bytes) -> float | None:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
                 width, height = image.size
+                channels = 1 if image.mode in _GRAY_MODES else 3
     except Image.DecompressionBombError as e:
         # PIL refuses beyond twice its own limit; its message carries the size.
         found = re.search(r"\((\d+) pixels\)", str(e))
-        return float(found.group(1)) if found else float("inf")
+        return (float(found.group(1)) if found else float("inf")), 0, 0, 3
     except Exception:  # not an image PIL knows: TF's decoder below has the last word
         return None
-    return width * height
+    return width * height, height, width, channels
 
 
 def _file_problem(path: str) -> str | None:
@@ -111,7 +118,7 @@ def _file_problem(path: str) -> str | None:
 
 
 def _verdict(path: str, max_pixels: int = 0) -> str:
-    """ "ok" or a key of REASONS for one file."""
+    """ "ok:HxWxC" (the image's size and 1 or 3 channels) or a key of REASONS for one file."""
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -119,15 +126,24 @@ def _verdict(path: str, max_pixels: int = 0) -> str:
         return "unreadable"
     if not data:
         return "empty"
-    pixels = _pixels(data)
-    if max_pixels and pixels is not None and pixels > max_pixels:
+    header = _header(data)
+    if max_pixels and header is not None and header[0] > max_pixels:
         return "too_large"
     try:
         image = image_ops.decode_bytes(tf.constant(data), 3)
     except tf.errors.InvalidArgumentError as e:
         # TF says "Unknown image file format" for anything that is not an image at all.
         return "not_image" if "Unknown image file format" in str(e) else "corrupt"
-    return "ok" if image.shape[0] > 0 and image.shape[1] > 0 else "corrupt"
+    height, width = image.shape[0], image.shape[1]
+    if not (height > 0 and width > 0):
+        return "corrupt"
+    return f"ok:{height}x{width}x{header[3] if header else 3}"
+
+
+def _shape(verdict: str) -> tuple[int, int, int]:
+    """(height, width, channels) of an "ok:HxWxC" verdict."""
+    h, w, c = verdict.partition(":")[2].split("x")
+    return int(h), int(w), int(c)
 
 
 def _cache_path(root: str, cache_dir: str) -> str:
@@ -177,6 +193,7 @@ class ImageFolder:
     class_names: list[str]
     splits: dict[str, tuple[list[str], np.ndarray]]  # split -> (paths, labels)
     report: ScanReport
+    shapes: np.ndarray  # [images, 3]: height, width and channels (1 or 3) of every good file
 
     def paths_and_labels(self, split: str) -> tuple[list[str], np.ndarray]:
         """The files of `split` in storage order (a fixed shuffle of the sorted listing)."""
@@ -272,7 +289,8 @@ def scan(
             continue
         st = os.stat(p)
         keys[p] = f"{os.path.relpath(p, root)}|{st.st_size}|{st.st_mtime_ns}|{max_image_pixels}"
-    todo = [p for p in keys if keys[p] not in cache]
+    # A bare "ok" comes from a cache written before sizes were recorded: verify again.
+    todo = [p for p in keys if cache.get(keys[p], "ok") == "ok"]
     if todo:
         log.info("Verifying %d new image files in %s ...", len(todo), root)
         check = functools.partial(_verdict, max_pixels=max_image_pixels)
@@ -284,10 +302,11 @@ def scan(
     verdicts.update({p: cache[k] for p, k in keys.items()})
     report = ScanReport()
     splits = {}
+    shapes = {p: _shape(v) for p, v in verdicts.items() if v.startswith("ok:")}
     for split, entries in listing.items():
-        good = [(p, label) for p, label in entries if verdicts[p] == "ok"]
+        good = [(p, label) for p, label in entries if p in shapes]
         for p, _ in entries:
-            if verdicts[p] != "ok":
+            if p not in shapes:
                 getattr(report, verdicts[p]).append(p)
         paths = [p for p, _ in good]
         labels = np.asarray([label for _, label in good], np.int64)
@@ -330,4 +349,27 @@ def scan(
             int(held.sum()),
             eval_split,
         )
-    return ImageFolder(root, classes, splits, report)
+    sizes = np.asarray(list(shapes.values()), np.int64).reshape(-1, 3)
+    return ImageFolder(root, classes, splits, report, sizes)
+
+
+def choose_image_size(shapes: np.ndarray, *, cap: int, multiple: int) -> tuple[int, str]:
+    """A training size that fits the images, and why: their median shorter side, rounded up
+    to `multiple` (patch sizes and pooling divide it) and at most `cap`."""
+    if not len(shapes):
+        return cap, "the folder has no images to measure"
+    median = int(np.median(np.minimum(shapes[:, 0], shapes[:, 1])))
+    size = min(cap, -(-median // multiple) * multiple)
+    why = f"the median shorter side of its {len(shapes)} images is {median} px"
+    if size != median:
+        why += f", {'capped at' if size == cap else 'rounded up to a multiple of'} "
+        why += f"{cap} px" if size == cap else f"{multiple}"
+    return size, why
+
+
+def choose_channels(shapes: np.ndarray) -> tuple[int, str]:
+    """1 when every image is grayscale, else 3, and why."""
+    color = int((shapes[:, 2] != 1).sum()) if len(shapes) else 0
+    if len(shapes) and not color:
+        return 1, f"all {len(shapes)} images are grayscale"
+    return 3, f"{color} of {len(shapes)} images are in colour"
