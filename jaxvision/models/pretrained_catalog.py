@@ -32,7 +32,7 @@ class CatalogEntry:
     num_classes: int
     label_set: str  # "imagenet2012" (1000) or "imagenet21k" (21843)
     source: str  # gs://..., https://... or hf-hub:ORG/REPO/FILE
-    preprocessing: str  # the input value range the weights expect
+    preprocessing: str  # the normalisation op (jaxvision.data.preprocess) it expects
     paper: str
     size: int | None = None  # bytes, where the publisher gives it
     sha256: str | None = None  # where the publisher gives it
@@ -45,8 +45,8 @@ class CatalogEntry:
 
 
 _BUCKET = "gs://vit_models/"
-_MINUS1_1 = "value_range(-1, 1)"
-_IMAGENET_MEAN_STD = "ImageNet mean/std normalisation"
+_MINUS1_1 = "value_range(-1,1)"
+_IMAGENET_MEAN_STD = "normalize(imagenet)"
 
 _AUGREG = {
     # model: (file prefix, fine-tune suffix), as in timm's vision_transformer configs.
