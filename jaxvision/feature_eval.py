@@ -126,6 +126,13 @@ def dataset_config(
     return c
 
 
+def normalization_of(pp: str) -> str:
+    """The normalisation op of a preprocessing string (what the model's inputs went through)."""
+    ops = [op.strip() for op in pp.split("|")]
+    found = [op for op in ops if op.startswith(("value_range", "normalize"))]
+    return found[-1] if found else "value_range(0,1)"
+
+
 class _PreLogits:
     """Looks like a model to `evaluate.forward_split` but returns its pre-logits."""
 

@@ -56,6 +56,7 @@ def load_pretrained(
     *,
     image_size: int | None = None,
     rng: jax.Array | None = None,
+    channels: int | None = None,
 ) -> Variables:
     """Reads a checkpoint file into the variables dict `model.apply` takes.
 
@@ -68,7 +69,9 @@ def load_pretrained(
     """
     path = Path(path)
     raw, kind = _read(path)
-    return variables_from_arrays(raw, kind, model, path, image_size=image_size, rng=rng)
+    return variables_from_arrays(
+        raw, kind, model, path, image_size=image_size, rng=rng, channels=channels
+    )
 
 
 def variables_from_arrays(
@@ -79,11 +82,14 @@ def variables_from_arrays(
     *,
     image_size: int | None = None,
     rng: jax.Array | None = None,
+    channels: int | None = None,
 ) -> Variables:
     """`load_pretrained` on arrays already read: `kind` "npz" (flat "/"-joined names, also
-    jaxvision's own `params/...`) or "safetensors" (timm); `path` names them in messages."""
+    jaxvision's own `params/...`) or "safetensors" (timm); `path` names them in messages.
+    `channels`: input channels (default: read from the first conv of ViTs and ResNets)."""
     size = _image_size(model, image_size)
-    expected = _abstract_variables(model, size, _in_channels(raw))
+    channels = channels or _in_channels(raw)
+    expected = _abstract_variables(model, size, channels)
     try:
         source = _to_variables(raw, kind, expected, path)
     except KeyError as e:
@@ -104,7 +110,7 @@ def variables_from_arrays(
     if reinit:
         # Only now, once the file is known to fit: a full init costs a forward pass.
         key = jax.random.PRNGKey(0) if rng is None else rng
-        dummy = jnp.zeros((1, size, size, _in_channels(raw)), jnp.float32)
+        dummy = jnp.zeros((1, size, size, channels), jnp.float32)
         fresh = jax.jit(lambda k: model.init(k, dummy, train=False))(key)
         fresh = {c: _flatten(v) for c, v in fresh.items()}
         for c, k in reinit:

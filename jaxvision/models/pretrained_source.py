@@ -123,6 +123,24 @@ def resolve(spec: str, model: str | None = None) -> ResolvedWeights:
     )
 
 
+def check_spec(spec: str, model: str | None = None) -> None:
+    """Raises BadInputError for a source that cannot be valid, without any download."""
+    if pretrained_catalog.find(spec, model) is not None or spec.startswith(_URL_PREFIXES):
+        return
+    if spec.startswith(HUB_PREFIX):
+        _split_hub(spec)
+        return
+    if os.path.isdir(spec):
+        if not is_workdir(spec):
+            resolve(spec)  # raises, saying why
+        return
+    if not os.path.isfile(spec):
+        raise BadInputError(
+            f"pretrained={spec!r} is not a file, workdir, catalog name (python -m "
+            "jaxvision.models --pretrained), hf-hub:ORG/REPO[/FILE] or URL."
+        )
+
+
 def _workdir_step(workdir: str) -> int:
     """The workdir's best checkpoint by logged eval accuracy, else its latest."""
     from jaxvision import checkpoint
@@ -159,18 +177,25 @@ def load(
     resolved: ResolvedWeights,
     model: nn.Module,
     *,
-    image_size: int | None = None,
+    image_shape: tuple[int, ...] | None = None,
     rng: jax.Array | None = None,
 ) -> dict[str, Any]:
-    """The resolved weights as `model`'s variables (head and posemb adapted, see
-    `load_pretrained`)."""
+    """The resolved weights as `model`'s variables for inputs of `image_shape` (H, W, C;
+    default the model's own size, 3 channels); head and posemb adapted (`load_pretrained`)."""
+    kw = {"rng": rng}
+    if image_shape is not None:
+        kw.update(image_size=image_shape[0], channels=image_shape[-1])
+        if _has_field_value(model, "image_size"):
+            kw.pop("image_size")  # a ViT knows its own size
     if resolved.path is not None:
-        return pretrained.load_pretrained(resolved.path, model, image_size=image_size, rng=rng)
+        return pretrained.load_pretrained(resolved.path, model, **kw)
     arrays = _workdir_arrays(resolved)
     where = f"{resolved.workdir} (checkpoint step {resolved.step})"
-    return pretrained.variables_from_arrays(
-        arrays, "npz", model, where, image_size=image_size, rng=rng
-    )
+    return pretrained.variables_from_arrays(arrays, "npz", model, where, **kw)
+
+
+def _has_field_value(model: nn.Module, field: str) -> bool:
+    return isinstance(getattr(model, field, None), int)
 
 
 def create(
