@@ -25,9 +25,12 @@ def base() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.model = model("cnn")
-    # Fine-tuning: a .npz (vision_transformer / big_vision) or timm .safetensors file whose
-    # weights replace the fresh initialisation of a new run (not used when resuming).
+    # Fine-tuning: weights that replace the fresh initialisation of a new run (not used when
+    # resuming): a catalog name (python -m jaxvision.models --pretrained), hf-hub:ORG/REPO[/FILE],
+    # a URL, a .npz / .safetensors file, or another jaxvision workdir.
     c.pretrained = ""
+    c.pretrained_resolved = ""  # written by the run: the source and SHA-256 it loaded
+    c.evals = ()  # feature evaluators at every eval: "fewshot[:DATASET]", "linear_probe[:...]"
 
     c.dataset = ml_collections.ConfigDict()
     c.dataset.name = "mnist5k"  # a catalog name, any tfds name, or folder:/path
@@ -227,13 +230,13 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_process
     if config.model.name not in models.names():
         models.create(config.model.name, num_classes=1)  # raises, listing the known names
     if config.pretrained:
-        import os
+        from jaxvision.models import pretrained_source
 
-        _require(
-            os.path.isfile(config.pretrained),
-            f"pretrained={config.pretrained!r} is not a file. Give the path of a .npz or "
-            ".safetensors checkpoint (see jaxvision.models.pretrained for where to get them).",
-        )
+        pretrained_source.check_spec(config.pretrained, config.model.name)
+    if config.evals:
+        from jaxvision import feature_eval
+
+        feature_eval.parse_evals(tuple(config.evals), config.dataset.name)
     b = config.batch_size
     _require(b > 0, f"batch_size must be positive, got {b}.")
     _require(

@@ -50,17 +50,19 @@ def with_pretrained_overrides(config: ml_collections.ConfigDict) -> ml_collectio
     unset (timm ViTs: the exact GELU), so that config.json records the model really run."""
     if not config.pretrained:
         return config
-    extra = {
-        k: v
-        for k, v in models.pretrained.recommended_overrides(config.pretrained).items()
-        if k not in config.model
-    }
-    if not extra:
-        return config
+    from jaxvision.models import pretrained_source
+
+    resolved = pretrained_source.resolve(config.pretrained, config.model.name)
+    # The data decides the resolution of a fine-tune, not the checkpoint.
+    wanted = {k: v for k, v in resolved.overrides().items() if k != "image_size"}
+    extra = {k: v for k, v in wanted.items() if k not in config.model}
     config = config.copy_and_resolve_references()
     with config.unlocked():
         config.model.update(extra)
-    log.info("For %s: model overrides %s.", config.pretrained, extra)
+        record = resolved.record()
+        config.pretrained_resolved = " ".join(f"{k}={v}" for k, v in record.items())
+    if extra:
+        log.info("For %s: model overrides %s.", config.pretrained, extra)
     return config
 
 
@@ -182,9 +184,14 @@ def _restore_or_init(
 
 def _load_pretrained(s: _Setup, state: steps.TrainState) -> steps.TrainState:
     """Starts a new run from `config.pretrained` weights (head re-initialised if it differs)."""
+    from jaxvision.models import pretrained_source
+
     path = s.config.pretrained
-    variables = models.load_pretrained(path, s.model, rng=jax.random.PRNGKey(s.config.seed))
-    log.info("Initialised from %s.", path)
+    resolved = pretrained_source.resolve(path, s.config.model.name)
+    variables = pretrained_source.load(
+        resolved, s.model, image_shape=s.info.image_shape, rng=jax.random.PRNGKey(s.config.seed)
+    )
+    log.info("Initialised from %s (%s).", path, s.config.pretrained_resolved)
     batch_stats = variables.get("batch_stats", state.batch_stats)
     return s.reinit_fn(state, variables["params"], batch_stats)
 
@@ -308,6 +315,21 @@ class _Loop:
             accuracy = result[f"{prefix}/accuracy"]
             if self.best is None or accuracy > self.best[0]:
                 self.best = (accuracy, step)
+        if self.s.config.evals:
+            self.writer.write(step, self._feature_evals(state))
+
+    def _feature_evals(self, state) -> dict[str, float]:
+        """`config.evals`: linear probe / k-shot accuracy of the current frozen features."""
+        from jaxvision import feature_eval
+
+        s = self.s
+        variables = {"params": state.params}
+        if state.batch_stats:
+            variables["batch_stats"] = state.batch_stats
+        norm = feature_eval.normalization_of(s.info.spec.eval_pp)
+        shape = s.info.image_shape
+        evals = tuple(s.config.evals)
+        return feature_eval.evaluate_model(s.model, variables, s.config, evals, shape, norm, s.mesh)
 
     def save(self, state, step: int) -> None:
         self.fetch()  # never checkpoint a diverged state

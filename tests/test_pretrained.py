@@ -17,7 +17,6 @@ from scipy.special import erf
 from jaxvision.models import create
 from jaxvision.models.layers import MlpBlock
 from jaxvision.models.pretrained import (
-    PUBLISHED,
     download,
     load_pretrained,
     recommended_overrides,
@@ -304,10 +303,10 @@ def test_pytorch_pickle_is_refused(tmp_path):
         load_pretrained(path, tiny_vit())
 
 
-def test_download_rejects_unknown_names_and_knows_the_published_files(tmp_path):
-    with pytest.raises(ValueError, match="vit_b16_augreg_in21k"):
-        download("vit_b99", tmp_path)
-    assert PUBLISHED["r50_vit_b16_in21k"] == "imagenet21k/R50+ViT-B_16.npz"
+def test_download_rejects_unknown_names_and_lists_where_to_look(tmp_path, monkeypatch):
+    monkeypatch.setenv("JAXVISION_CACHE", str(tmp_path))
+    with pytest.raises(ValueError, match=r"python -m jaxvision\.models --pretrained"):
+        download("vit_b99.augreg_in21k")
     assert not os.listdir(tmp_path)
 
 

@@ -88,3 +88,14 @@ def scratch_dir(name: str) -> str:
     """A fresh empty directory under the session's root."""
     path = tempfile.mkdtemp(prefix=f"{name}_", dir=_ROOT)
     return path
+
+
+@functools.cache
+def mnist_cnn_workdir() -> str:
+    """A small CNN trained on mnist5k for 200 steps: the source of the transfer tests."""
+    config = smoke_config(config_lib.model("cnn", features=[16, 32], hidden=[64]), 200)
+    config.unlock()
+    config.dataset.name = "mnist5k"
+    config.dataset.num_classes = 10
+    config.lock()
+    return _train("mnist_cnn", config)

@@ -1,6 +1,7 @@
 """`python -m jaxvision.models NAME [--image_size=S] [--num_classes=K]`: model summary.
 
-Prints parameters, GFLOPs per image and a per-module table of a registered model.
+Prints parameters, GFLOPs per image and a per-module table of a registered model;
+`python -m jaxvision.models --pretrained` lists the named pretrained checkpoints.
 """
 
 import sys
@@ -8,7 +9,7 @@ import sys
 from absl import app, flags
 
 from jaxvision import command_line, exit_status
-from jaxvision.models import names
+from jaxvision.models import names, pretrained_catalog
 from jaxvision.models.summary import format_summary, summarize
 
 FLAGS = flags.FlagValues()  # this tool's own, so it can be imported next to other tools
@@ -19,8 +20,17 @@ _NUM_CLASSES = flags.DEFINE_integer(
     "num_classes", 1000, "Classes of the head.", lower_bound=1, flag_values=FLAGS
 )
 
+_PRETRAINED = flags.DEFINE_bool(
+    "pretrained", False, "List the catalog of named pretrained checkpoints.", flag_values=FLAGS
+)
+
 
 def _summarize(args: list[str]) -> None:
+    if _PRETRAINED.value:
+        if args:
+            raise app.UsageError("--pretrained lists the catalog; give no model name with it.")
+        print(pretrained_catalog.format_table())
+        return
     if len(args) != 1:
         raise app.UsageError("Give one model name, e.g. vit_b16 or resnet50.")
     if args[0] not in names():

@@ -6,13 +6,10 @@ Reads, without unpickling anything:
   `pos_embedding`, scanned `encoderblock` stacks), and npz files of jaxvision variables;
 - `.safetensors` state dicts of timm `VisionTransformer` and `ResNet` models.
 
-Where to get files (this needs a network; the tests never download):
-- `download(name, dest)` fetches the files listed in `PUBLISHED` from the public
-  vision_transformer bucket, e.g. `download("vit_b16_augreg_in21k_ft_in1k", "ckpt/")`;
-  the full list is in the google-research/vision_transformer README (gs://vit_models/...,
-  also reachable over https://storage.googleapis.com/vit_models/...).
-- timm weights: the `model.safetensors` file of a timm model on the Hugging Face Hub
-  (e.g. timm/vit_base_patch16_224.augreg2_in21k_ft_in1k or timm/resnet50.a1_in1k).
+Where files come from: `download(name)` fetches a catalog entry
+(`jaxvision.models.pretrained_catalog`) into the weights cache (`jaxvision.weights_cache`);
+`models.create(name, pretrained=...)` and `config.pretrained` also take `hf-hub:` names,
+URLs, files and workdirs (`jaxvision.models.pretrained_source`).
 
 Usage:
     model = create("vit_b16", num_classes=10, image_size=384)
@@ -24,8 +21,6 @@ import logging
 import math
 import os
 import re
-import tempfile
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -52,29 +47,6 @@ from jaxvision.models.pretrained_timm import (
 
 log = logging.getLogger(__name__)
 
-_BUCKET = "https://storage.googleapis.com/vit_models/"
-_AUGREG = "-i21k-300ep-lr_0.001-aug_{aug}-wd_{wd}-do_0.0-sd_0.0"
-PUBLISHED: dict[str, str] = {
-    # ImageNet-21k pre-training (AugReg, arXiv:2106.10270) and its 224px ImageNet fine-tune.
-    "vit_ti16_augreg_in21k": "augreg/Ti_16" + _AUGREG.format(aug="none", wd="0.03") + ".npz",
-    "vit_ti16_augreg_in21k_ft_in1k": "augreg/Ti_16"
-    + _AUGREG.format(aug="none", wd="0.03")
-    + "--imagenet2012-steps_20k-lr_0.03-res_224.npz",
-    "vit_b16_augreg_in21k": "augreg/B_16" + _AUGREG.format(aug="medium1", wd="0.1") + ".npz",
-    "vit_b16_augreg_in21k_ft_in1k": "augreg/B_16"
-    + _AUGREG.format(aug="medium1", wd="0.1")
-    + "--imagenet2012-steps_20k-lr_0.01-res_224.npz",
-    "r_ti16_augreg_in21k": "augreg/R_Ti_16" + _AUGREG.format(aug="none", wd="0.03") + ".npz",
-    "r_ti16_augreg_in21k_ft_in1k": "augreg/R_Ti_16"
-    + _AUGREG.format(aug="none", wd="0.03")
-    + "--imagenet2012-steps_20k-lr_0.03-res_224.npz",
-    # Original ViT paper checkpoints (arXiv:2010.11929); the fine-tunes are at 384px.
-    "vit_b16_in21k": "imagenet21k/ViT-B_16.npz",
-    "vit_b16_in21k_ft_in1k_384": "imagenet21k+imagenet2012/ViT-B_16.npz",
-    "r50_vit_b16_in21k": "imagenet21k/R50+ViT-B_16.npz",
-    "r50_vit_b16_in21k_ft_in1k_384": "imagenet21k+imagenet2012/R50+ViT-B_16.npz",
-}
-
 Variables = dict[str, Any]
 
 
@@ -84,6 +56,7 @@ def load_pretrained(
     *,
     image_size: int | None = None,
     rng: jax.Array | None = None,
+    channels: int | None = None,
 ) -> Variables:
     """Reads a checkpoint file into the variables dict `model.apply` takes.
 
@@ -96,8 +69,27 @@ def load_pretrained(
     """
     path = Path(path)
     raw, kind = _read(path)
+    return variables_from_arrays(
+        raw, kind, model, path, image_size=image_size, rng=rng, channels=channels
+    )
+
+
+def variables_from_arrays(
+    raw: Flat,
+    kind: str,
+    model: nn.Module,
+    path: Any,
+    *,
+    image_size: int | None = None,
+    rng: jax.Array | None = None,
+    channels: int | None = None,
+) -> Variables:
+    """`load_pretrained` on arrays already read: `kind` "npz" (flat "/"-joined names, also
+    jaxvision's own `params/...`) or "safetensors" (timm); `path` names them in messages.
+    `channels`: input channels (default: read from the first conv of ViTs and ResNets)."""
     size = _image_size(model, image_size)
-    expected = _abstract_variables(model, size, _in_channels(raw))
+    channels = channels or _in_channels(raw)
+    expected = _abstract_variables(model, size, channels)
     try:
         source = _to_variables(raw, kind, expected, path)
     except KeyError as e:
@@ -118,7 +110,7 @@ def load_pretrained(
     if reinit:
         # Only now, once the file is known to fit: a full init costs a forward pass.
         key = jax.random.PRNGKey(0) if rng is None else rng
-        dummy = jnp.zeros((1, size, size, _in_channels(raw)), jnp.float32)
+        dummy = jnp.zeros((1, size, size, channels), jnp.float32)
         fresh = jax.jit(lambda k: model.init(k, dummy, train=False))(key)
         fresh = {c: _flatten(v) for c, v in fresh.items()}
         for c, k in reinit:
@@ -153,29 +145,14 @@ def recommended_overrides(path: str | os.PathLike) -> dict[str, Any]:
     return {"gelu_approximate": False} if is_timm_vit(dict.fromkeys(keys)) else {}
 
 
-def download(name: str, dest: str | os.PathLike) -> Path:
-    """Downloads the published checkpoint `name` (see `PUBLISHED`) into directory `dest`."""
-    if name not in PUBLISHED:
-        raise ValueError(
-            f"No published checkpoint named {name!r}. Known names: {', '.join(PUBLISHED)}."
-        )
-    url = _BUCKET + PUBLISHED[name]
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    target = dest / Path(PUBLISHED[name]).name
-    if target.exists():
-        return target
-    # Download next to the target and rename, so an interrupted download never looks complete.
-    fd, tmp = tempfile.mkstemp(dir=dest, suffix=".part")
-    os.close(fd)
-    try:
-        log.info("Downloading %s to %s", url, target)
-        urllib.request.urlretrieve(url, tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return target
+def download(name: str) -> Path:
+    """The local, verified file of catalog entry `name` (downloaded into the cache if needed)."""
+    from jaxvision.models import pretrained_source
+
+    resolved = pretrained_source.resolve(name)
+    if resolved.path is None:
+        raise ValueError(f"{name!r} is not a weights file but a workdir.")
+    return resolved.path
 
 
 def resize_posemb_grid(grid: np.ndarray, new_hw: tuple[int, int]) -> np.ndarray:

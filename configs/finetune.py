@@ -1,0 +1,112 @@
+"""Fine-tuning recipes: start from pretrained weights by name (or another workdir).
+
+Run:    python -m jaxvision.main --config=configs/finetune.py:vit_b16_cifar10 \\
+          --workdir=runs/ft_vit_b16_c10
+        ViT-B/16 AugReg ImageNet-21k (`vit_b16.augreg_in21k`) -> CIFAR-10 at 384px: SGD
+        momentum 0.9, lr 0.03, batch 512, 10k steps (500 warmup), cosine, clip 1.0, no
+        weight decay. Follows: the vision_transformer README's fine-tune recipe; the AugReg
+        paper (arXiv:2106.10270) reports about 99% CIFAR-10 for B/16. Not measured here
+        (no download, no accelerator).
+Run:    python -m jaxvision.main --config=configs/finetune.py:resnet50_folder \\
+          --workdir=runs/ft_r50 --config.dataset.name=folder:/path/to/images
+        timm's ResNet-50 A1 (`resnet50.a1_in1k`) -> your `root/<split>/<class>/*.jpg` at
+        224px: SGD momentum 0.9, lr 0.01, batch 64, 20 epochs, cosine, ImageNet mean/std.
+        Follows the usual timm transfer recipe. Not measured here.
+Run:    python -m jaxvision.main --config=configs/finetune.py:vit_ti16_folder \\
+          --workdir=runs/ft_ti16 --config.dataset.name=folder:/path/to/images
+        ViT-Ti/16 AugReg in21k->in1k (`vit_ti16.augreg_in21k_ft_in1k`, 5.7M parameters) ->
+        your folder at 224px, small enough for a CPU: Adam lr 1e-4, batch 32, 10 epochs,
+        value range [-1, 1]. Not measured here (no download).
+Run:    python -m jaxvision.main --config=configs/finetune.py:mnist5k --workdir=runs/src
+        python -m jaxvision.main --config=configs/finetune.py:digits --workdir=runs/ft \\
+          --config.pretrained=runs/src
+        The offline case: a small CNN pretrained on mnist5k (200 steps), fine-tuned on
+        8x8 digits read at 28px for 50 steps. Measured here (AMD EPYC, 2 shared cores):
+        the mnist5k run ends at 0.967; digits test accuracy after 50 steps is 0.9667
+        fine-tuned from that workdir vs 0.9400 from scratch (the same command without
+        --config.pretrained), about 10 s of training each.
+Smoke:  python -m jaxvision.main --config=configs/finetune.py:smoke --workdir=/tmp/ft
+        (no pretrained weights, 32px shapes; checks that the recipe runs, not transfer).
+"""
+
+from jaxvision import config as config_lib
+
+
+def _vit_b16_cifar10(c) -> None:
+    c.pretrained = "vit_b16.augreg_in21k"
+    c.model = config_lib.model("vit_b16", image_size=384, scan=True)
+    c.dataset.name = "cifar10"
+    c.dataset.image_size = 384
+    c.dataset.train_pp = "decode|inception_crop(384)|flip_lr|value_range(-1,1)"
+    c.dataset.eval_pp = "decode|resize(384)|value_range(-1,1)"
+    c.batch_size = 512
+    c.num_train_steps = 10_000
+    c.optimizer.name = "sgd"
+    c.optimizer.learning_rate = 0.03
+    c.optimizer.grad_clip_norm = 1.0
+    c.schedule.warmup_steps = 500
+    c.eval_every_steps = 1000
+    c.checkpoint_every_steps = 1000
+
+
+def _resnet50_folder(c) -> None:
+    c.pretrained = "resnet50.a1_in1k"
+    c.model = config_lib.model("resnet50")
+    c.dataset.name = "folder:images"
+    c.dataset.image_size = 224
+    c.dataset.train_pp = "decode|inception_crop(224)|flip_lr|normalize(imagenet)"
+    c.dataset.eval_pp = "decode|resize_small(256)|central_crop(224)|normalize(imagenet)"
+    c.batch_size = 64
+    c.num_epochs = 20.0
+    c.optimizer.name = "sgd"
+    c.optimizer.learning_rate = 0.01
+
+
+def _vit_ti16_folder(c) -> None:
+    c.pretrained = "vit_ti16.augreg_in21k_ft_in1k"
+    c.model = config_lib.model("vit_ti16", image_size=224)
+    c.dataset.name = "folder:images"
+    c.dataset.image_size = 224
+    c.dataset.train_pp = "decode|inception_crop(224)|flip_lr|value_range(-1,1)"
+    c.dataset.eval_pp = "decode|resize_small(256)|central_crop(224)|value_range(-1,1)"
+    c.batch_size = 32
+    c.num_epochs = 10.0
+    c.optimizer.learning_rate = 1e-4
+
+
+def _small_cnn(c, dataset: str, steps: int) -> None:
+    """The offline pair: the same small CNN on 28px single-channel digits."""
+    c.model = config_lib.model("cnn", features=[16, 32], hidden=[64])
+    c.dataset.name = dataset
+    c.dataset.image_size = 28
+    c.batch_size = 32
+    c.num_train_steps = steps
+    c.optimizer.learning_rate = 3e-3
+    c.schedule.warmup_steps = 5
+    c.log_every_steps = 25
+    c.eval_every_steps = 0
+    c.checkpoint_every_steps = steps
+
+
+def get_config(arg: str | None = None):
+    """Args: vit_b16_cifar10 (default), resnet50_folder, vit_ti16_folder, mnist5k, digits,
+    smoke."""
+    args = (arg or "").split(",")
+    c = config_lib.base()
+    if "resnet50_folder" in args:
+        _resnet50_folder(c)
+    elif "vit_ti16_folder" in args:
+        _vit_ti16_folder(c)
+    elif "mnist5k" in args:
+        _small_cnn(c, "mnist5k", 200)
+    elif "digits" in args:
+        _small_cnn(c, "digits", 50)
+    else:
+        _vit_b16_cifar10(c)
+    if "smoke" in args:
+        # No weights to download: the smoke run checks the recipe, on 32px shapes.
+        c.pretrained = ""
+        if c.model.name.startswith("vit"):
+            c.model = config_lib.model(c.model.name, image_size=32, depth=2)
+        c.dataset.image_size = 32 if c.model.name != "cnn" else c.dataset.image_size
+    return config_lib.finalize(c, arg)
