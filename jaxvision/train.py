@@ -16,7 +16,6 @@ import numpy as np
 from jaxvision import (
     checkpoint,
     data,
-    models,
     parallel,
     step_factory,
     steps,
