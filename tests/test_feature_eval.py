@@ -25,6 +25,7 @@ def digits_features():
     return features(run.variables), features(random)
 
 
+@pytest.mark.slow  # trains a CNN on mnist5k for 200 steps first
 def test_trained_features_beat_random_features_on_another_dataset(digits_features):
     trained, random = (feature_eval.evaluate(f) for f in digits_features)
     assert trained["features/digits/linear_probe"] > random["features/digits/linear_probe"]
@@ -34,6 +35,7 @@ def test_trained_features_beat_random_features_on_another_dataset(digits_feature
     assert trained["features/digits/10shot"] > 0.85
 
 
+@pytest.mark.slow  # trains a CNN on mnist5k for 200 steps first
 def test_fewshot_agrees_with_scikit_learn_ridge_on_the_same_features(digits_features):
     from sklearn.linear_model import RidgeClassifier
 
@@ -48,6 +50,7 @@ def test_fewshot_agrees_with_scikit_learn_ridge_on_the_same_features(digits_feat
     assert ours["5shot"] == pytest.approx(np.mean(accs), abs=1e-9)
 
 
+@pytest.mark.slow  # trains a CNN on mnist5k for 200 steps first
 def test_linear_probe_picks_its_regulariser_on_held_out_train(digits_features):
     result = feature_eval.linear_probe(digits_features[0])
     assert result["linear_probe_C"] in feature_eval._PROBE_C

@@ -382,7 +382,9 @@ def _learner_id(value) -> str | None:
 _LEARNERS = [
     ({"name": "cnn"}, 32, 1e-3, 32),
     ({"name": "vit_ti4", "image_size": 32, "depth": 2}, 32, 1e-3, 32),
-    ({"name": "r_ti16", "image_size": 64, "depth": 2}, 64, 1e-3, 32),
+    pytest.param(
+        {"name": "r_ti16", "image_size": 64, "depth": 2}, 64, 1e-3, 32, marks=pytest.mark.slow
+    ),
     pytest.param(
         {"name": "resnet18", "stem": "cifar", "width": 0.25}, 32, 1e-3, 32, marks=pytest.mark.slow
     ),

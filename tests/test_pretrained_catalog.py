@@ -163,12 +163,6 @@ def test_every_catalog_entry_loads_its_synthetic_file_with_one_block_per_stage(
     _check_entry(entry, server, tmp_path, **_shallow(entry.model))
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(pretrained_catalog.CATALOG))
-def test_every_catalog_entry_loads_its_full_size_synthetic_file(name, server, tmp_path):
-    _check_entry(pretrained_catalog.CATALOG[name], server, tmp_path)
-
-
 def test_catalog_lists_every_required_family_with_its_source():
     names = set(pretrained_catalog.CATALOG)
     for model in ("vit_ti16", "vit_s16", "vit_b16", "vit_b32", "vit_l16"):

@@ -114,6 +114,7 @@ def _start(workdir, *overrides):
     )
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_ends_bitwise_equal_to_an_uninterrupted_run(smoke_config, tmp_path):
     ref_dir, cut_dir = str(tmp_path / "ref"), str(tmp_path / "cut")
     reference = _start(ref_dir)
@@ -145,6 +146,7 @@ def test_sigkill_then_rerun_ends_bitwise_equal_to_an_uninterrupted_run(smoke_con
     assert steps_logged == sorted(set(steps_logged))
 
 
+@pytest.mark.slow
 def test_a_rerun_loads_its_compiled_steps_from_the_cache_and_ends_bitwise_equal(
     smoke_config, tmp_path
 ):
@@ -200,6 +202,7 @@ print(json.dumps({"devices": jax.device_count(), "losses": losses}))
 """
 
 
+@pytest.mark.slow
 def test_one_and_four_devices_give_the_same_losses(tmp_path):
     # The shipped quickstart: on one CPU device the backend runs the step as two branches,
     # on four as one per device; dropout masks follow the examples, so the losses agree up
