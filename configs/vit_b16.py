@@ -12,9 +12,10 @@ Anchor: the recipe of Beyer et al. 2022, "Better plain ViT baselines for ImageNe
         after 90 epochs. Not measured here (no ImageNet, no accelerator).
 
 Fine-tune: python -m jaxvision.main --config=configs/vit_b16.py:cifar10 \\
-             --workdir=runs/vit_b16_c10 --config.pretrained=/path/to/ViT-B_16.npz
+             --workdir=runs/vit_b16_c10 \\
+             --config.pretrained=gs://vit_models/imagenet21k/ViT-B_16.npz
         starts from the public ImageNet-21k ViT-B/16 checkpoint (google-research/
-        vision_transformer; `jaxvision.models.pretrained.download` fetches it) at 384px:
+        vision_transformer; downloaded and cached on first use) at 384px:
         SGD momentum 0.9, lr 0.03, batch 512, 10k steps (500 warmup), cosine, clip 1.0,
         no weight decay. Anchor: 99.0% CIFAR-10 test accuracy in the vision_transformer
         README. Not measured here (no download).

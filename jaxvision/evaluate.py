@@ -247,10 +247,17 @@ def _evaluate(args: list[str]) -> None:
     console.setup()
     workdirs = [_WORKDIR.value, *_COMPARE.value]
     # Validate every workdir before evaluating any, so bad input writes nothing.
+    datasets = {}
     for w in workdirs:
-        workdir_lib.load_config(w)
+        datasets[w] = workdir_lib.load_config(w).dataset.name
         if not workdir_files.is_dir(workdir_files.checkpoints_dir(w)):
             raise workdir_lib.WorkdirError(f"{w!r} holds no checkpoints/ directory.")
+    if len(set(datasets.values())) > 1:
+        named = ", ".join(f"{w} ({d})" for w, d in datasets.items())
+        raise workdir_lib.WorkdirError(
+            f"--compare needs runs trained on one dataset; these differ: {named}. "
+            "Compare runs of the same dataset, or evaluate each one alone."
+        )
     reports = [
         evaluate_workdir(w, split=_SPLIT.value, checkpoint=_CHECKPOINT.value, ema=_EMA.value)
         for w in workdirs

@@ -40,6 +40,18 @@ class LoadedRun:
         return list(names) if names else [str(i) for i in range(self.info.num_classes)]
 
 
+def _upgrade_older_run(saved: dict) -> None:
+    """Reads a config.json of an earlier version as that version trained it."""
+    # The Winograd choice moved to the backend layer; the key no longer exists.
+    saved.get("model", {}).pop("winograd", None)
+    dataset = saved.get("dataset", {})
+    if str(dataset.get("name", "")).startswith("folder:") and "channels" not in dataset:
+        # Folder runs used to train in RGB at 224 px unless told otherwise.
+        dataset["channels"] = 3
+        if not dataset.get("image_size"):
+            dataset["image_size"] = 224
+
+
 def load_config(workdir: str) -> ml_collections.ConfigDict:
     """The run's `config.json` on top of today's defaults, locked like a config file."""
     if not workdir_files.is_dir(workdir):
@@ -56,6 +68,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
         saved = json.loads(workdir_files.read_text(path))
     except json.JSONDecodeError as e:
         raise WorkdirError(f"{path} is not valid JSON ({e}); the run's config is damaged.") from e
+    _upgrade_older_run(saved)
     config = config_lib.base()
     # Keys added to the schema after this run was trained keep their defaults.
     for key, value in saved.items():

@@ -130,6 +130,22 @@ def test_compare_prints_one_row_per_workdir(capsys):
     assert os.path.isfile(os.path.join(other, "eval", "test", "report.json"))
 
 
+def test_compare_of_runs_on_different_datasets_exits_2_before_evaluating(capsys):
+    wd = _copy_of_cnn_run("compare_datasets")
+    other = _copy_of_cnn_run("compare_datasets_other")
+    config_path = os.path.join(other, "config.json")
+    with open(config_path) as f:
+        saved = json.load(f)
+    saved["dataset"]["name"] = "digits"
+    with open(config_path, "w") as f:
+        json.dump(saved, f)
+    assert evaluate.main(["--workdir", wd, f"--compare={other}"]) == 2
+    err = capsys.readouterr().err
+    assert "one dataset" in err and f"{other} (digits)" in err
+    assert not os.path.exists(os.path.join(wd, "eval"))
+    assert not os.path.exists(os.path.join(other, "eval"))
+
+
 def test_ema_without_ema_params_is_a_clear_error(capsys):
     wd = cnn_workdir()
     assert evaluate.main(["--workdir", wd, "--ema"]) == 2
@@ -219,3 +235,16 @@ def test_out_of_memory_and_xla_errors_are_runtime_failures_not_bad_input(monkeyp
     monkeypatch.setattr(evaluate, "forward_split", fail("INTERNAL: something in XLA"))
     assert evaluate.main(["--workdir", wd]) == 1
     assert "runtime failure" in capsys.readouterr().err
+
+
+def test_a_config_json_of_an_earlier_version_loads_as_it_was_trained(tmp_path):
+    with open(os.path.join(cnn_workdir(), "config.json")) as f:
+        saved = json.load(f)
+    saved["model"]["winograd"] = True  # a key that moved into the backend layer
+    saved["dataset"] = {**saved["dataset"], "name": "folder:/data/x", "image_size": 0}
+    saved["dataset"].pop("channels", None)
+    with open(tmp_path / "config.json", "w") as f:
+        json.dump(saved, f)
+    config = workdir.load_config(str(tmp_path))
+    assert "winograd" not in config.model
+    assert (config.dataset.image_size, config.dataset.channels) == (224, 3)
