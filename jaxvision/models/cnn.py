@@ -5,7 +5,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxvision.models.layers import ExampleDropout
+from jaxvision.models.layers import ExampleDropout, classifier_output
 from jaxvision.models.registry import register
 
 
@@ -51,16 +51,8 @@ class Cnn(nn.Module):
             x = ExampleDropout(self.dropout)(
                 x, deterministic=not train, example_index=example_index
             )
-        pre_logits = x
-        x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
-        logits = x.astype(jnp.float32)
-        if not return_features:
-            return logits
-        features = {
-            "feature_map": feature_map.astype(jnp.float32),
-            "pre_logits": pre_logits.astype(jnp.float32),
-        }
-        return logits, features
+        features = {"feature_map": feature_map} if return_features else None
+        return classifier_output(x, self.num_classes, self.dtype, features)
 
 
 register("cnn", Cnn)

@@ -241,3 +241,25 @@ class MAPHead(nn.Module):
         y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype)(x)
         x = x + MlpBlock(self.mlp_dim, dtype=self.dtype, gelu_approximate=self.gelu_approximate)(y)
         return x[:, 0]
+
+
+def classifier_output(
+    pre_logits: jnp.ndarray,
+    num_classes: int,
+    dtype: Dtype,
+    features: dict[str, jnp.ndarray] | None,
+    *,
+    zero_head: bool = False,
+) -> jnp.ndarray | tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+    """The `head` Dense on `pre_logits` -> fp32 logits, with the features if asked (not None).
+
+    Called inside a model's compact `__call__`, so `head` is that model's parameter.
+    """
+    zeros = nn.initializers.zeros
+    inits = {"kernel_init": zeros, "bias_init": zeros} if zero_head else {}
+    logits = nn.Dense(num_classes, dtype=dtype, name="head", **inits)(pre_logits)
+    logits = logits.astype(jnp.float32)
+    if features is None:
+        return logits
+    as_f32 = {k: v.astype(jnp.float32) for k, v in features.items()}
+    return logits, {**as_f32, "pre_logits": pre_logits.astype(jnp.float32)}

@@ -16,6 +16,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxvision.models.layers import classifier_output
 from jaxvision.models.registry import register
 
 Dtype = Any
@@ -41,6 +42,13 @@ def _block_conv(dtype: Dtype, conv_op: Any) -> Any:
     )
 
 
+def _block_norm(dtype: Dtype, train: bool) -> Any:
+    """ResNet's BatchNorm (torchvision's momentum and epsilon)."""
+    return partial(
+        nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype
+    )
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convs; used by resnet18/34."""
 
@@ -54,13 +62,7 @@ class BasicBlock(nn.Module):
     def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
         """Applies the block to NHWC features."""
         conv = _block_conv(self.dtype, self.block_conv)
-        norm = partial(
-            nn.BatchNorm,
-            use_running_average=not train,
-            momentum=0.9,
-            epsilon=1e-5,
-            dtype=self.dtype,
-        )
+        norm = _block_norm(self.dtype, train)
         y = conv(self.features, (3, 3), self.strides, padding=_pad(3), name="conv1")(x)
         y = nn.relu(norm(name="bn1")(y))
         y = conv(self.features, (3, 3), padding=_pad(3), name="conv2")(y)
@@ -82,13 +84,7 @@ class BottleneckBlock(nn.Module):
     def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
         """Applies the block to NHWC features."""
         conv = _block_conv(self.dtype, self.block_conv)
-        norm = partial(
-            nn.BatchNorm,
-            use_running_average=not train,
-            momentum=0.9,
-            epsilon=1e-5,
-            dtype=self.dtype,
-        )
+        norm = _block_norm(self.dtype, train)
         y = conv(self.features, (1, 1), name="conv1")(x)
         y = nn.relu(norm(name="bn1")(y))
         y = conv(self.features, (3, 3), self.strides, padding=_pad(3), name="conv2")(y)
@@ -156,13 +152,7 @@ class ResNet(nn.Module):
             kernel_init=_conv_init,
             name="stem_conv",
         )(x)
-        x = nn.BatchNorm(
-            use_running_average=not train,
-            momentum=0.9,
-            epsilon=1e-5,
-            dtype=self.dtype,
-            name="stem_bn",
-        )(x)
+        x = _block_norm(self.dtype, train)(name="stem_bn")(x)
         x = nn.relu(x)
         if self.stem == "imagenet":
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_pad(3))
@@ -183,16 +173,8 @@ class ResNet(nn.Module):
             x = self.perturb("feature_map", x)
             feature_map = x
         x = jnp.mean(x, axis=(1, 2))
-        pre_logits = x
-        x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
-        logits = x.astype(jnp.float32)
-        if not return_features:
-            return logits
-        features = {
-            "feature_map": feature_map.astype(jnp.float32),
-            "pre_logits": pre_logits.astype(jnp.float32),
-        }
-        return logits, features
+        features = {"feature_map": feature_map} if return_features else None
+        return classifier_output(x, self.num_classes, self.dtype, features)
 
 
 RESNET_STAGES: dict[int, tuple[tuple[int, ...], bool]] = {

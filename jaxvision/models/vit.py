@@ -21,6 +21,7 @@ from jaxvision.models.layers import (
     MAPHead,
     MlpBlock,
     MultiHeadDotProductAttention,
+    classifier_output,
     drop_path,
     example_indices,
     posemb_sincos_2d,
@@ -310,24 +311,9 @@ class VisionTransformer(nn.Module):
             )(tokens)
         if self.representation_size is not None:
             x = nn.tanh(nn.Dense(self.representation_size, dtype=self.dtype, name="pre_logits")(x))
-        pre_logits = x
         # Zero head: fine-tuning starts from uniform predictions (reference ViT recipe).
-        x = nn.Dense(
-            self.num_classes,
-            dtype=self.dtype,
-            kernel_init=nn.initializers.zeros,
-            bias_init=nn.initializers.zeros,
-            name="head",
-        )(x)
-        logits = x.astype(jnp.float32)
-        if not return_features:
-            return logits
-        features = {
-            "pre_logits": pre_logits.astype(jnp.float32),
-            "tokens": tokens.astype(jnp.float32),
-            "attention": attention,
-        }
-        return logits, features
+        features = {"tokens": tokens, "attention": attention} if return_features else None
+        return classifier_output(x, self.num_classes, self.dtype, features, zero_head=True)
 
 
 def _register_vits() -> None:
