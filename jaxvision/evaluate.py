@@ -6,7 +6,6 @@ reliability diagram, training curves) and summary.md. `--compare=DIR2,DIR3` eval
 further workdirs the same way and prints one side-by-side table (ablations).
 """
 
-import functools
 import json
 import os
 import re
@@ -16,49 +15,10 @@ from typing import Any
 import jax
 import numpy as np
 from absl import app, flags
-from jax.experimental import multihost_utils
-from jax.sharding import PartitionSpec
 
-from jaxvision import backend, command_line, data, metrics, parallel, plots, workdir_files
+from jaxvision import command_line, data, metrics, parallel, plots, split_inference, workdir_files
 from jaxvision import workdir as workdir_lib
 from jaxvision.console import log
-
-
-def _local_rows(x: jax.Array, mesh: Any) -> np.ndarray:
-    """This process's rows of a batch-sharded global array, in its local order."""
-    spec = PartitionSpec(parallel.DATA_AXIS)
-    return np.asarray(multihost_utils.global_array_to_host_local_array(x, mesh, spec))
-
-
-def forward_split(
-    model: Any, variables: dict, eval_data: data.EvalData, mesh: Any
-) -> tuple[np.ndarray, np.ndarray]:
-    """Labels [N] and logits [N, K] of every (unpadded) example of an eval split, in the
-    split's order, on every process (a collective: all processes must call it)."""
-
-    @functools.partial(
-        backend.jit,
-        in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
-        out_shardings=parallel.batch_sharding(mesh),
-    )
-    def forward(variables, batch):
-        logits = backend.forward(model, variables, batch["image"])
-        return logits, batch["label"], batch["mask"]
-
-    variables = jax.device_put(variables, parallel.replicated(mesh))
-    local = []  # this process's rows of every batch: its contiguous shard of the split
-    for batch in eval_data:
-        local.append([_local_rows(x, mesh) for x in forward(variables, batch)])
-    logits, labels, mask = (np.concatenate(parts) for parts in zip(*local, strict=True))
-    if jax.process_count() > 1:
-        # Every process holds the same number of rows (padded with mask 0); stacking them in
-        # process order restores the split's order, since process i read its i-th shard.
-        logits, labels, mask = (
-            np.concatenate(list(x))
-            for x in multihost_utils.process_allgather((logits, labels, mask))
-        )
-    keep = mask > 0
-    return labels[keep].astype(np.int64), logits[keep]
 
 
 def logged_eval(workdir: str, step: int) -> dict[str, float]:
@@ -172,7 +132,7 @@ def evaluate_workdir(
         raise workdir_lib.WorkdirError(
             f"--split={split!r} is not usable for {run.info.spec.name}: {e}"
         ) from e
-    labels, logits = forward_split(run.model, run.variables, eval_data, mesh)
+    labels, logits = split_inference.forward_split(run.model, run.variables, eval_data, mesh)
     report = build_report(run, split, labels, logits, checkpoint=checkpoint)
     out_dir = output_dir(run.workdir, split, checkpoint=checkpoint, ema=ema)
     if jax.process_index() == 0:
@@ -198,7 +158,7 @@ def after_training(workdir: str, config: Any, info: data.DataInfo, model: Any, s
         ema=False,
     )
     split = info.spec.eval_split
-    labels, logits = forward_split(
+    labels, logits = split_inference.forward_split(
         model, run.variables, data.eval_batches(config, info, mesh), mesh
     )
     if jax.process_index() != 0:

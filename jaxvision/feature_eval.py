@@ -134,7 +134,7 @@ def normalization_of(pp: str) -> str:
 
 
 class _PreLogits:
-    """Looks like a model to `evaluate.forward_split` but returns its pre-logits."""
+    """Looks like a model to `split_inference.forward_split` but returns its pre-logits."""
 
     def __init__(self, model: Any):
         self.model = model
@@ -155,7 +155,7 @@ def extract(
 ) -> Features:
     """Pre-logits of `dataset`'s train and test splits (every process must call it)."""
     from jaxvision import data
-    from jaxvision.evaluate import forward_split
+    from jaxvision.split_inference import forward_split
 
     c = dataset_config(config, dataset, image_shape, norm)
     info = data.prepare(c)

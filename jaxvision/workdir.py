@@ -16,9 +16,10 @@ import ml_collections
 from jaxvision import checkpoint, data, parallel, step_factory, steps, workdir_files
 from jaxvision import config as config_lib
 
-
-class WorkdirError(ValueError):
-    """A workdir cannot be used as asked; the message says why and what to do."""
+# WorkdirError and metrics_records are part of this module's API for evaluate, predict and export.
+from jaxvision.checkpoint_choice import WorkdirError as WorkdirError
+from jaxvision.checkpoint_choice import choose_step
+from jaxvision.checkpoint_choice import metrics_records as metrics_records
 
 
 @dataclasses.dataclass
@@ -80,49 +81,6 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     config_lib.check_keys(config)
     config.lock()
     return config
-
-
-def metrics_records(workdir: str) -> list[dict[str, float]]:
-    """Every line of the run's `metrics.jsonl` (empty if it has none)."""
-    path = workdir_files.join(workdir, "metrics.jsonl")
-    if not workdir_files.is_file(path):
-        return []
-    return [json.loads(line) for line in workdir_files.lines(path) if line.strip()]
-
-
-def _best_step(workdir: str, available: list[int]) -> int:
-    accuracy = {
-        int(r["step"]): r["eval/accuracy"] for r in metrics_records(workdir) if "eval/accuracy" in r
-    }
-    scored = [s for s in available if s in accuracy]
-    if not scored:
-        raise WorkdirError(
-            f"--checkpoint=best needs eval/accuracy logged at a kept checkpoint step; "
-            f"{workdir}/metrics.jsonl has none for steps {available}. Use latest or a step."
-        )
-    return max(scored, key=lambda s: (accuracy[s], s))
-
-
-def choose_step(workdir: str, ckpts: checkpoint.Checkpoints, which: str) -> int:
-    """Resolves "latest", "best" (highest logged eval accuracy) or a step number."""
-    available = ckpts.all_steps()
-    if not available:
-        raise WorkdirError(
-            f"No finished checkpoint in {ckpts.directory}. Train (or resume) the run first."
-        )
-    if which == "latest":
-        return available[-1]
-    if which == "best":
-        return _best_step(workdir, available)
-    try:
-        step = int(which)
-    except ValueError:
-        raise WorkdirError(f"--checkpoint={which!r}: use latest, best or a step number.") from None
-    if step not in available:
-        raise WorkdirError(
-            f"No checkpoint at step {step} in {ckpts.directory}; available steps: {available}."
-        )
-    return step
 
 
 def _abstract_state(built: step_factory.Steps) -> steps.TrainState:

@@ -52,6 +52,7 @@ def test_command_line_prints_every_measurement_and_field():
         assert summary["glibc_tunables"] == wanted["GLIBC_TUNABLES"]
 
 
+@pytest.mark.slow
 def test_flops_per_image_do_not_depend_on_the_device_count():
     # A compiled two-device step is one device's half; the count must be the whole step's.
     gflops, devices = [], []
@@ -233,6 +234,7 @@ def test_overridden_compiler_options_apply_only_inside_the_block(monkeypatch):
     assert xla_options.compiler_options() == before
 
 
+@pytest.mark.slow
 def test_interleaved_ab_times_every_variant_and_names_a_bad_key():
     """Two variants of the quickstart CNN, one with other XLA options, one step each."""
     script = os.path.join(REPO, "benchmarks", "interleaved_ab.py")

@@ -13,7 +13,7 @@ import pytest
 import tensorflow_datasets as tfds
 from sklearn import metrics as skm
 
-from jaxvision import evaluate, metrics, workdir
+from jaxvision import evaluate, metrics, split_inference, workdir
 from tests.trained_runs import cnn_workdir, run_cli, scratch_dir
 
 
@@ -228,11 +228,11 @@ def test_out_of_memory_and_xla_errors_are_runtime_failures_not_bad_input(monkeyp
 
         return forward_split
 
-    monkeypatch.setattr(evaluate, "forward_split", fail("RESOURCE_EXHAUSTED: Out of memory"))
+    monkeypatch.setattr(split_inference, "forward_split", fail("RESOURCE_EXHAUSTED: Out of memory"))
     assert evaluate.main(["--workdir", wd]) == 1
     err = capsys.readouterr().err
     assert "out of memory" in err and "not bad input" in err
-    monkeypatch.setattr(evaluate, "forward_split", fail("INTERNAL: something in XLA"))
+    monkeypatch.setattr(split_inference, "forward_split", fail("INTERNAL: something in XLA"))
     assert evaluate.main(["--workdir", wd]) == 1
     assert "runtime failure" in capsys.readouterr().err
 

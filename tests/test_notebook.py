@@ -88,6 +88,7 @@ def _run(name: str, parameters: str, wheel: str, tmp_path) -> nbformat.NotebookN
     return nb
 
 
+@pytest.mark.slow
 def test_quickstart_notebook_runs_from_a_fresh_kernel(wheel, tmp_path):
     nb = _run("quickstart", 'NUM_EPOCHS = 2.0\nWORKDIR = "run"\n', wheel, tmp_path)
     assert "final test accuracy:" in _text(nb)

@@ -12,7 +12,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from jaxvision import data, evaluate, metrics, parallel, predict, workdir
+from jaxvision import data, evaluate, metrics, parallel, predict, split_inference, workdir
 from tests.trained_runs import NUM_CLASSES, cnn_workdir, run_cli, scratch_dir
 
 NUM_IMAGES = 40
@@ -82,7 +82,7 @@ def _eval_pipeline_probs(root: str) -> dict[str, np.ndarray]:
     info = data.prepare(config)
     mesh = parallel.make_mesh()
     eval_data = data.eval_batches(config, info, mesh, split="test")
-    _, logits = evaluate.forward_split(run.model, run.variables, eval_data, mesh)
+    _, logits = split_inference.forward_split(run.model, run.variables, eval_data, mesh)
     files, _ = info.source.folder.paths_and_labels("test")
     assert len(files) == len(logits)
     return {os.path.basename(f): p for f, p in zip(files, metrics.softmax(logits))}

@@ -145,16 +145,6 @@ def recommended_overrides(path: str | os.PathLike) -> dict[str, Any]:
     return {"gelu_approximate": False} if is_timm_vit(dict.fromkeys(keys)) else {}
 
 
-def download(name: str) -> Path:
-    """The local, verified file of catalog entry `name` (downloaded into the cache if needed)."""
-    from jaxvision.models import pretrained_source
-
-    resolved = pretrained_source.resolve(name)
-    if resolved.path is None:
-        raise ValueError(f"{name!r} is not a weights file but a workdir.")
-    return resolved.path
-
-
 def resize_posemb_grid(grid: np.ndarray, new_hw: tuple[int, int]) -> np.ndarray:
     """Bilinearly resizes a position-embedding grid [h, w, D] to [*new_hw, D]."""
     out = jax.image.resize(

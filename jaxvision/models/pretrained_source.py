@@ -141,17 +141,24 @@ def check_spec(spec: str, model: str | None = None) -> None:
         )
 
 
+def download(name: str) -> Path:
+    """The local, verified file of catalog entry `name` (downloaded into the cache if needed)."""
+    resolved = resolve(name)
+    if resolved.path is None:
+        raise ValueError(f"{name!r} is not a weights file but a workdir.")
+    return resolved.path
+
+
 def _workdir_step(workdir: str) -> int:
     """The workdir's best checkpoint by logged eval accuracy, else its latest."""
-    from jaxvision import checkpoint
-    from jaxvision import workdir as workdir_lib
+    from jaxvision import checkpoint, checkpoint_choice
 
     ckpts = checkpoint.open_read_only(os.path.join(workdir, "checkpoints"))
     try:
         try:
-            return workdir_lib.choose_step(workdir, ckpts, "best")
-        except workdir_lib.WorkdirError:
-            return workdir_lib.choose_step(workdir, ckpts, "latest")
+            return checkpoint_choice.choose_step(workdir, ckpts, "best")
+        except checkpoint_choice.WorkdirError:
+            return checkpoint_choice.choose_step(workdir, ckpts, "latest")
     finally:
         ckpts.close()
 
