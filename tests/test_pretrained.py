@@ -16,11 +16,8 @@ from scipy.special import erf
 
 from jaxvision.models import create
 from jaxvision.models.layers import MlpBlock
-from jaxvision.models.pretrained import (
-    download,
-    load_pretrained,
-    recommended_overrides,
-)
+from jaxvision.models.pretrained import load_pretrained, recommended_overrides
+from jaxvision.models.pretrained_source import download
 
 # A tiny ViT: 16px images, 4px patches (4x4 grid), width 192 (vit_ti), 2 blocks.
 IMAGE, PATCH, DEPTH, HEADS, WIDTH, MLP, CLASSES = 16, 4, 2, 3, 192, 768, 5
