@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import ml_collections
 
-from jaxvision import checkpoint, data, parallel, step_factory, steps, workdir_files
+from jaxvision import backend, checkpoint, data, parallel, step_factory, steps, workdir_files
 from jaxvision import config as config_lib
 
 # WorkdirError and metrics_records are part of this module's API for evaluate, predict and export.
@@ -43,8 +43,8 @@ class LoadedRun:
 
 def _upgrade_older_run(saved: dict) -> None:
     """Reads a config.json of an earlier version as that version trained it."""
-    # The Winograd choice moved to the backend layer; the key no longer exists.
-    saved.get("model", {}).pop("winograd", None)
+    for key in backend.RETIRED_MODEL_KEYS:
+        saved.get("model", {}).pop(key, None)
     dataset = saved.get("dataset", {})
     if str(dataset.get("name", "")).startswith("folder:") and "channels" not in dataset:
         # Folder runs used to train in RGB at 224 px unless told otherwise.

@@ -18,6 +18,10 @@ import dataclasses
 from collections.abc import Callable, Iterator
 from typing import Any
 
+# Model config keys earlier versions read for backend choices (now made here); a saved
+# config.json that still has them loads without them.
+RETIRED_MODEL_KEYS = ("winograd",)
+
 # JAX is imported inside the functions: entry points call `prepare_process()` before
 # anything imports JAX, and the process may re-execute itself right then.
 
