@@ -44,7 +44,10 @@ def base() -> ml_collections.ConfigDict:
     c.dataset.channels = 0  # folder: 1 or 3; 0 = 1 when every image is grayscale, else 3
     c.dataset.train_pp = ""  # preprocessing ops, e.g. "decode|random_crop(28,2)|value_range"
     c.dataset.eval_pp = ""
-    c.dataset.shuffle_buffer = 10_000
+    c.dataset.shuffle_buffer = 10_000  # examples, shared by the order shards
+    # The training order is built from this many shards (each shuffled and augmented on its
+    # own): any process count dividing it reads the same global batches.
+    c.dataset.order_shards = 8
     c.dataset.cache = True  # cache the encoded split in memory (small datasets)
     c.dataset.download = False  # let tfds download and prepare a dataset that is missing
     c.dataset.validation_fraction = 0.1  # folder: eval share of train/ when there is no test/
@@ -247,6 +250,11 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_process
     )
     _require(
         b % num_processes == 0, f"batch_size={b} is not divisible by {num_processes} processes."
+    )
+    shards = config.dataset.order_shards
+    _require(
+        isinstance(shards, int) and shards >= 1,
+        f"dataset.order_shards must be an integer >= 1, got {shards!r}.",
     )
     eb = config.eval_batch_size or b
     _require(

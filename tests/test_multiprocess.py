@@ -51,7 +51,8 @@ def _run_pair(args: list[str], timeout: int = 1800) -> list[str]:
 
 # The shipped quickstart's step (dropout, batch 128; one process: two branches) on 20
 # fixed batches, which every process builds alike and feeds its half of. The data
-# pipeline itself gives each process its own shard, so a real run sees other batches.
+# pipeline's part (each process reads its rows of the same global batches) is
+# tests/test_data_order.py; both together: the slow whole-run test below.
 _STEP_LOSSES = """
 import json, sys
 import numpy as np
@@ -104,6 +105,33 @@ def test_two_processes_give_the_single_process_step_losses():  # ~20 s on 2 CPU 
     assert len(one["losses"]) == 20 and one["losses"][-1] < one["losses"][0]
     # Dropout masks follow the examples, so only float summation order differs.
     np.testing.assert_allclose(two["losses"], one["losses"], rtol=0, atol=1e-4)
+
+
+def _train_losses(workdir: str) -> list[float]:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    return [r["train/loss"] for r in records if "train/loss" in r]
+
+
+@pytest.mark.slow  # ~1 min on 2 CPU cores
+def test_two_processes_train_the_quickstart_like_one(tmp_path):
+    # The shipped quickstart (its data pipeline, dropout, batch 128, 50 warmup steps),
+    # stopped after 60 steps and logging every step.
+    args = [
+        "-m",
+        "jaxvision.main",
+        "--config=configs/quickstart.py",
+        "--config.num_train_steps=60",
+        "--config.log_every_steps=1",
+    ]
+    single = str(tmp_path / "single")
+    out = run_cli([*args, f"--workdir={single}"], env={"XLA_FLAGS": ""})
+    assert out.returncode == 0, out.stderr[-3000:]
+    pair = str(tmp_path / "pair")
+    _run_pair([*args, f"--workdir={pair}"])
+    one, two = _train_losses(single), _train_losses(pair)
+    assert len(one) == 60 and one[-1] < one[0]
+    np.testing.assert_allclose(two, one, rtol=0, atol=1e-4)
 
 
 def _final_eval(workdir: str) -> tuple[float, int]:

@@ -4,7 +4,8 @@ Train batches are an endless, deterministic stream that can start at any step (t
 shuffle order and the augmentation seeds are functions of the example's position), so
 a resumed run sees exactly the batches an uninterrupted run would. Eval batches cover
 each example of the split exactly once; the last batch is padded and `mask` is 0 on
-the padding. Each process reads only its own shard of a split.
+the padding. Each process reads only its own shards of a split, and a global training
+batch is the same whatever the number of processes (`order_shards`).
 """
 
 import contextlib
@@ -251,59 +252,103 @@ def format_class_counts(info: DataInfo, counts: np.ndarray, limit: int = 20) -> 
     return f"{counts.sum()} examples in {info.num_classes} classes (max/min {ratio:.1f}): {parts}"
 
 
+def order_shards(config: ml_collections.ConfigDict, process_count: int) -> int:
+    """How many fixed shards the training order is built from (a multiple of the processes).
+
+    The order depends on this number, not on the process count: any process count that
+    divides it reads the same global batches, each process its own shards' rows.
+    """
+    shards = math.lcm(max(1, config.dataset.order_shards), process_count)
+    # Each shard gives the same number of rows to every batch.
+    return math.gcd(shards, config.batch_size)
+
+
 def train_stream(
-    config: ml_collections.ConfigDict, info: DataInfo, start_step: int = 0
+    config: ml_collections.ConfigDict,
+    info: DataInfo,
+    start_step: int = 0,
+    process: tuple[int, int] | None = None,
 ) -> tf.data.Dataset:
-    """This process's endless, batched, preprocessed training stream from `start_step`."""
+    """This process's endless, batched, preprocessed training stream from `start_step`.
+
+    The global batch is the same for every process count: row block `s` of each batch
+    comes from order shard `s` (its own shuffle and augmentation seeds), and process `p`
+    of `P` reads the shards whose rows are its slice of the global batch. `process` is
+    (index, count), by default this process's.
+    """
     cfg = config.dataset
-    local_batch = local_batch_size(config.batch_size)
-    index, count = jax.process_index(), jax.process_count()
-    split = info.spec.train_split
-    base, n = info.source.read(split, index, count, drop_remainder=True)
-    if n == 0:
-        raise ValueError(f"Train split {split!r} has no examples for process {index} of {count}.")
-    if cfg.cache and info.source.encoded_bytes(split) <= _CACHE_LIMIT_BYTES:
-        base = base.cache()
-    seed = config.seed
-    if cfg.class_balanced_sampling:
-        plan = sampling.BalancedEpochs(
-            info.source.labels(split, index, count, drop_remainder=True), info.num_classes
+    index, count = process or (jax.process_index(), jax.process_count())
+    local_batch = config.batch_size // count
+    num_shards = order_shards(config, count)
+    rows = config.batch_size // num_shards  # rows of every global batch per shard
+    per_process = num_shards // count
+    if info.num_train < num_shards:
+        raise ValueError(
+            f"Train split {info.spec.train_split!r} has {info.num_train} examples, fewer than "
+            f"its {num_shards} order shards; set --config.dataset.order_shards=1."
         )
-        epoch_length, expand = plan.epoch_length, plan.epoch
-    else:
-        epoch_length, expand = n, lambda ds, e: ds
-    buffer = max(1, min(cfg.shuffle_buffer, epoch_length))
-
-    def epoch(e):
-        # A fixed permutation per (seed, epoch): position alone decides the order.
-        return expand(base, e).shuffle(
-            buffer, seed=e * 1_000_003 + seed, reshuffle_each_iteration=False
-        )
-
-    consumed = start_step * local_batch
-    start_epoch, offset = divmod(consumed, epoch_length)
-    examples = tf.data.Dataset.range(start_epoch, _FOREVER).flat_map(epoch).skip(offset)
-    positions = tf.data.Dataset.range(consumed, _FOREVER)
+    streams = [
+        _shard_stream(config, info, shard, num_shards, start_step * rows)
+        for shard in range(index * per_process, (index + 1) * per_process)
+    ]
+    # Row blocks in shard order: `rows` examples from each of this process's shards in turn.
+    blocks = tf.data.Dataset.zip(tuple(s.batch(rows) for s in streams))
+    ds = blocks.map(lambda *b: tf.nest.map_structure(lambda *x: tf.concat(x, 0), *b)).unbatch()
     ops = preprocess.parse(info.spec.train_pp)
-    base_seed = tf.constant([seed, index], tf.int64)
     weights = None
     if cfg.class_weighting != "none":
         weights = tf.constant(sampling.class_weights(class_counts(info), cfg.class_weighting))
 
-    def augment(position, example):
-        image, label = example
-        example_seed = tf.random.experimental.stateless_fold_in(base_seed, position)
+    def augment(example_seed, image, label):
         out = {"image": preprocess.apply(ops, image, example_seed), "label": label}
         if weights is not None:
             out["weight"] = tf.gather(weights, label)
         return out
 
-    ds = tf.data.Dataset.zip(positions, examples)
     ds = ds.map(
         augment, num_parallel_calls=map_parallelism(config), deterministic=cfg.deterministic
     )
     ds = ds.batch(local_batch, drop_remainder=True)
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(config))
+
+
+def _shard_stream(
+    config: ml_collections.ConfigDict, info: DataInfo, shard: int, num_shards: int, consumed: int
+) -> tf.data.Dataset:
+    """Order shard `shard`'s endless (augmentation seed, image, label) stream after `consumed`."""
+    cfg = config.dataset
+    split = info.spec.train_split
+    base, n = info.source.read(split, shard, num_shards, drop_remainder=True)
+    if n == 0:
+        raise ValueError(f"Train split {split!r} has no examples in order shard {shard}.")
+    if cfg.cache and info.source.encoded_bytes(split) <= _CACHE_LIMIT_BYTES:
+        base = base.cache()
+    seed = config.seed
+    if cfg.class_balanced_sampling:
+        labels = info.source.labels(split, shard, num_shards, drop_remainder=True)
+        plan = sampling.BalancedEpochs(labels, info.num_classes)
+        epoch_length, expand = plan.epoch_length, plan.epoch
+    else:
+        epoch_length, expand = n, lambda ds, e: ds
+    # The shards share the shuffle buffer, so a process holds its share of it.
+    buffer = max(1, min(cfg.shuffle_buffer // num_shards, epoch_length))
+
+    def epoch(e):
+        # A fixed permutation per (seed, shard, epoch): position alone decides the order.
+        return expand(base, e).shuffle(
+            buffer, seed=(e * 1_000_003 + seed) * 1_009 + shard, reshuffle_each_iteration=False
+        )
+
+    start_epoch, offset = divmod(consumed, epoch_length)
+    examples = tf.data.Dataset.range(start_epoch, _FOREVER).flat_map(epoch).skip(offset)
+    shard_seed = tf.constant([seed, shard], tf.int64)
+
+    def with_seed(position, example):
+        image, label = example
+        return tf.random.experimental.stateless_fold_in(shard_seed, position), image, label
+
+    positions = tf.data.Dataset.range(consumed, _FOREVER)
+    return tf.data.Dataset.zip(positions, examples).map(with_seed)
 
 
 def train_batches(
