@@ -116,7 +116,9 @@ def _train_losses(workdir: str) -> list[float]:
 @pytest.mark.slow  # ~1 min on 2 CPU cores
 def test_two_processes_train_the_quickstart_like_one(tmp_path):
     # The shipped quickstart (its data pipeline, dropout, batch 128, 50 warmup steps),
-    # stopped after 60 steps and logging every step.
+    # stopped after 60 steps and logging every step. The first 30 are compared, as in
+    # test_train's 1-vs-4-device test (there: why not later ones); here all 60 agreed
+    # within 2.4e-7.
     args = [
         "-m",
         "jaxvision.main",
@@ -130,8 +132,8 @@ def test_two_processes_train_the_quickstart_like_one(tmp_path):
     pair = str(tmp_path / "pair")
     _run_pair([*args, f"--workdir={pair}"])
     one, two = _train_losses(single), _train_losses(pair)
-    assert len(one) == 60 and one[-1] < one[0]
-    np.testing.assert_allclose(two, one, rtol=0, atol=1e-4)
+    assert len(one) == 60 and one[29] < one[0] - 0.3
+    np.testing.assert_allclose(two[:30], one[:30], rtol=0, atol=1e-4)
 
 
 def _final_eval(workdir: str) -> tuple[float, int]:

@@ -192,8 +192,8 @@ import jax
 from configs import quickstart
 from jaxvision import train
 c = quickstart.get_config(); c.unlock()  # as shipped: dropout, batch 128, auto branches
-# Only the run's length changes (20 steps, so a 5-step warmup) and it logs every step.
-c.num_train_steps = 20; c.schedule.warmup_steps = 5; c.log_every_steps = 1
+# Only the run's length changes (60 steps, 50 of them warmup) and it logs every step.
+c.num_train_steps = 60; c.log_every_steps = 1
 c.parallel.cpu_devices = int(sys.argv[2])
 train.run(c, sys.argv[1])
 losses = [r["train/loss"] for r in map(json.loads, open(sys.argv[1] + "/metrics.jsonl"))
@@ -206,8 +206,11 @@ print(json.dumps({"devices": jax.device_count(), "losses": losses}))
 def test_one_and_four_devices_give_the_same_losses(tmp_path):
     # The shipped quickstart: on one CPU device the backend runs the step as two branches,
     # on four as one per device; dropout masks follow the examples, so the losses agree up
-    # to float reduction order (sums over 128 examples split 1, 2 or 4 ways): measured
-    # within 3e-7 over 60 steps, so 1e-4 leaves room for other CPUs' kernels.
+    # to float reduction order (sums over 128 examples split 1, 2 or 4 ways): within 2.4e-7
+    # over the first 38 steps. Near the peak learning rate a max-pool or ReLU near-tie
+    # routes one gradient differently (step 39 here: one batch 1.7e-5 apart, the next 2e-7)
+    # and the runs drift apart as any two float orders would (1e-3 by step 47). The first 30
+    # steps are compared, so 1e-4 leaves room for other CPUs' kernels.
     runs = {"one": (1, 0), "flag": (4, 0), "config": (1, 4)}
     losses = {}
     for name, (flag_devices, cpu_devices) in runs.items():
@@ -217,10 +220,11 @@ def test_one_and_four_devices_give_the_same_losses(tmp_path):
         result = json.loads(out.stdout.strip().splitlines()[-1])
         assert result["devices"] == (1 if name == "one" else 4)
         losses[name] = result["losses"]
-    assert len(losses["one"]) == 20
-    assert losses["one"][-1] < losses["one"][0]  # training moves: not a constant sequence
-    np.testing.assert_allclose(losses["flag"], losses["one"], rtol=0, atol=1e-4)
-    np.testing.assert_allclose(losses["config"], losses["one"], rtol=0, atol=1e-4)
+    assert len(losses["one"]) == 60
+    assert losses["one"][29] < losses["one"][0] - 0.3  # training moves: not a constant
+    first = {name: values[:30] for name, values in losses.items()}
+    np.testing.assert_allclose(first["flag"], first["one"], rtol=0, atol=1e-4)
+    np.testing.assert_allclose(first["config"], first["one"], rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize(
