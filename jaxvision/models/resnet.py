@@ -49,20 +49,28 @@ def _block_norm(dtype: Dtype, train: bool) -> Any:
     )
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 convs; used by resnet18/34."""
+class _Block(nn.Module):
+    """What every residual block has: its width, stride, dtype and conv."""
 
     features: int
     strides: int = 1
     dtype: Dtype = jnp.float32
     block_conv: Any = None
+
+    def layers(self, train: bool) -> tuple[Any, Any]:
+        """The block's conv and BatchNorm constructors."""
+        return _block_conv(self.dtype, self.block_conv), _block_norm(self.dtype, train)
+
+
+class BasicBlock(_Block):
+    """Two 3x3 convs; used by resnet18/34."""
+
     expansion = 1
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
         """Applies the block to NHWC features."""
-        conv = _block_conv(self.dtype, self.block_conv)
-        norm = _block_norm(self.dtype, train)
+        conv, norm = self.layers(train)
         y = conv(self.features, (3, 3), self.strides, padding=_pad(3), name="conv1")(x)
         y = nn.relu(norm(name="bn1")(y))
         y = conv(self.features, (3, 3), padding=_pad(3), name="conv2")(y)
@@ -71,20 +79,15 @@ class BasicBlock(nn.Module):
         return nn.relu(_shortcut(x, y.shape[-1], self.strides, conv, norm) + y)
 
 
-class BottleneckBlock(nn.Module):
+class BottleneckBlock(_Block):
     """1x1 reduce, 3x3 (strided, v1.5), 1x1 expand x4; used by resnet50 and deeper."""
 
-    features: int
-    strides: int = 1
-    dtype: Dtype = jnp.float32
-    block_conv: Any = None
     expansion = 4
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
         """Applies the block to NHWC features."""
-        conv = _block_conv(self.dtype, self.block_conv)
-        norm = _block_norm(self.dtype, train)
+        conv, norm = self.layers(train)
         y = conv(self.features, (1, 1), name="conv1")(x)
         y = nn.relu(norm(name="bn1")(y))
         y = conv(self.features, (3, 3), self.strides, padding=_pad(3), name="conv2")(y)
