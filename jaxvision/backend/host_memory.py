@@ -1,14 +1,9 @@
 """Transparent huge pages for XLA:CPU's step buffers, through glibc's `hugetlb` tunable.
 
-XLA:CPU allocates all of a step's temporaries as one buffer per execution (2.17 GB for the
-ViT-Ti/4 train step at batch 128) and frees it when the step ends. glibc serves a
-request that large with a fresh `mmap` and returns it with `munmap`, so every step the
-kernel faults in and zeroes the whole buffer again, 4 KiB at a time: 530k page faults
-per ViT-Ti/4 step, 19% of the process's CPU time spent in the kernel
-(`getrusage`, 2026-11-25). With `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` glibc asks for
-transparent huge pages on those mappings (`madvise(MADV_HUGEPAGE)`), which on a kernel in
-THP "madvise" mode (the common default) turns them into 2 MiB faults: 1.2-1.5k per step,
-7% kernel time, and the step ran 1.15x faster (see docs/performance.md).
+XLA:CPU allocates a step's temporaries as one large buffer per execution, which glibc maps
+and unmaps every step, so the kernel faults it in 4 KiB at a time; with
+`GLIBC_TUNABLES=glibc.malloc.hugetlb=1` glibc asks for transparent huge pages on those
+mappings and the faults become 2 MiB ones (docs/performance.md, "Why each CPU option").
 
 glibc reads its tunables only when a process starts, so the command-line entry points
 re-execute themselves once with the tunable added. A `glibc.malloc.hugetlb` value the

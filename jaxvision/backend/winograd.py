@@ -8,22 +8,13 @@ transformed back. The same function up to fp32 round-off: about 1e-5 of the larg
 output, where the direct convolution is at 1e-6 (tests/test_winograd.py); the kernel
 keeps its [3, 3, C, K] layout, so parameters and checkpoints do not change.
 
-Eigen's direct convolutions already run near the CPU's matmul peak, so the fewer
-products pay only where the transforms (memory-bound passes over 2.25x the input) are
-small beside them: from 128 channels on, with at least 128 tiles per matmul and more
-than one tile per image. Single layers after a BatchNorm and ReLU, batch 32, min of 20
-interleaved calls on the 2-core AMD EPYC of docs/performance.md (direct -> Winograd):
-16x16x128 12.0 -> 6.8 ms, 8x8x256 11.9 -> 7.0 ms; but 32x32x64 15.5 -> 17.7, and 4x4x512
-(one tile per image) 12.0 -> 33.3 in an earlier form.
-
-The kernel gradient (a correlation of the input with the output gradient) by Winograd
-is 36 [C, tiles] x [tiles, K] matmuls, a tile per 16 positions, instead of 9 [C,
-positions] x [positions, K]. It paid at every shape tried from 32 channels (batch 128
-unless given, min of 12 interleaved calls, direct -> Winograd): 32x32x64 264-269 ->
-139-156 ms (three runs), 16x16x128 150 -> 66, 8x8x256 104 -> 47, 4x4x512 72 -> 55, 8x8x32
-2.7 -> 2.2; batch 32: 56x56x64 179 -> 122, 28x28x128 66 -> 50; but not for a 3-channel
-stem (32x32, 64 filters: 32 -> 58). Everywhere else, and on GPU and TPU (whose libraries
-choose their own algorithms), this is `lax.conv_general_dilated`.
+Eigen's direct convolutions already run near the CPU's matmul peak, so the fewer products
+pay only where the transforms (memory-bound passes over 2.25x the input) are small beside
+them: from 128 channels on, with at least 128 tiles per matmul and more than one tile per
+image. The kernel gradient by Winograd (36 [C, tiles] x [tiles, K] matmuls instead of 9
+[C, positions] x [positions, K]) paid from 32 channels on, but not for a 3-channel stem.
+Everywhere else, and on GPU and TPU (whose libraries choose their own algorithms), this is
+`lax.conv_general_dilated`. Per-shape timings: docs/performance.md, "Why each CPU option".
 """
 
 import functools

@@ -1,25 +1,9 @@
 """Per-executable XLA options: which kernel library runs which op on the CPU.
 
 Every jitted train step and forward pass of a model is compiled with these options.
-XLA:CPU sends matmuls and convolutions to YNNPACK by default. For convolutions that is
-the wrong choice: the weight gradient of a 3x3 conv (a correlation of
-the activations with the output gradient over the whole image) runs about 10x slower in
-YNNPACK than in XLA's Eigen convolution on this project's reference machine (762 vs 80 ms
-for a 128x32x32x64 layer, see docs/performance.md), and the ResNet-18 forward pass runs
-1.27x faster with Eigen's convolutions (121.6 vs 95.5 img/s, medians of 8 interleaved
-batches of 128, idle machine, 2026-11-24).
-
-Matmuls go to Eigen as well. Its matmuls beat YNNPACK's on the ViT's skinny shapes
-(8192 tokens by 192-768 features) inside a whole step: the ViT-Ti/4 train step ran 1.12x
-faster (39.0 vs 34.7 img/s, medians of 16 interleaved steps) and its forward pass 1.08x
-(160.2 vs 148.4 img/s), benchmarks/peer_configs.py, idle machine, 2026-11-24.
-
-Reductions go to YNNPACK too. Without a library for them XLA:CPU splits every reduction
-over more than 32 elements into a reduce-window plus a reduce that run as separate,
-unfused ops, so each LayerNorm statistic, softmax sum and bias gradient first writes its
-elementwise input to memory. With YNNPACK they are fused with that input: the train step
-ran 1.10x faster for ViT-Ti/4 (41.1 vs 37.3 img/s, medians of 14 interleaved steps) and
-1.29x for ResNet-18 (37.7 vs 29.3 img/s, 6 steps), benchmarks/peer_configs.py, 2026-11-24.
+Convolutions and matmuls go to XLA's Eigen kernels, which beat YNNPACK's on the conv weight
+gradients and the ViT's skinny matmuls; reductions go to YNNPACK, which fuses them with
+their elementwise input. The measurements: docs/performance.md, "Why each CPU option".
 """
 
 import contextlib
