@@ -123,6 +123,18 @@ def test_features_are_the_pooled_map_and_pre_logits():
     assert features["pre_logits"].shape == (2, 2048)
 
 
+def test_grad_cam_explains_bit_models():
+    from jaxvision import explain
+
+    model = models.create("bit_r50x1", num_classes=CLASSES, width=0.5, stage_sizes=(1, 1, 1, 1))
+    params = _random_params(model, 64)
+    tree = traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in params.items()})
+    # 64 px: a 2x2 final map (at 1x1 every map would be flat, hence all zeros).
+    maps, method = explain.explain(model, {"params": tree}, _images(64))
+    assert method == "grad_cam" and maps.shape == (2, 64, 64)
+    assert maps.min() == 0.0 and maps.max() == pytest.approx(1.0)
+
+
 @pytest.mark.parametrize(
     ("overrides", "match"),
     [({"width": 0.25}, "GroupNorm"), ({"stage_sizes": (2, 0)}, "stage_sizes")],
