@@ -66,15 +66,24 @@ def test_bit_r50x1_has_the_published_parameter_counts(classes, count):
 
 
 def test_bit_r50x1_has_the_published_layout_and_a_zero_head():
-    model = models.create("bit_r50x1", num_classes=CLASSES, **SMALL)
-    x = jnp.asarray(_images(32, 1))
-    params = _flat(_run_once(lambda x: model.init(jax.random.key(0), x), x)["params"])
-    assert params["conv_root/kernel"].shape == (7, 7, 3, 64)
-    assert params["block1/unit01/conv_proj/kernel"].shape == (1, 1, 64, 256)
-    assert "block1/unit02/conv_proj/kernel" not in params  # same shape in and out
-    assert params["block4/unit01/conv2/kernel"].shape == (3, 3, 512, 512)
-    assert params["norm_pre_head/scale"].shape == (2048,)
-    assert not params["head/kernel"].any() and not params["head/bias"].any()
+    model = models.create("bit_r50x1", num_classes=1000)
+    x = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+    shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)["params"]
+    shapes = {"/".join(k): v.shape for k, v in traverse_util.flatten_dict(shapes).items()}
+    units = {k.rsplit("/", 2)[0] for k in shapes if k.startswith("block")}
+    assert sorted(units) == [
+        f"block{s}/unit{u:02d}" for s, n in enumerate((3, 4, 6, 3), 1) for u in range(1, n + 1)
+    ]
+    assert shapes["conv_root/kernel"] == (7, 7, 3, 64)
+    assert shapes["block1/unit01/conv_proj/kernel"] == (1, 1, 64, 256)
+    assert "block1/unit02/conv_proj/kernel" not in shapes  # same shape in and out
+    assert shapes["block4/unit01/conv2/kernel"] == (3, 3, 512, 512)
+    assert shapes["norm_pre_head/scale"] == (2048,)
+    assert shapes["head/kernel"] == (2048, 1000)
+    # A fresh head is zero, so fine-tuning starts from the backbone's features alone.
+    tiny = models.create("bit_r50x1", num_classes=CLASSES, width=0.25, stage_sizes=(1,))
+    head = _flat(_run_once(lambda x: tiny.init(jax.random.key(0), x), jnp.ones((1, 8, 8, 3))))
+    assert not head["params/head/kernel"].any() and not head["params/head/bias"].any()
 
 
 def test_a_big_transfer_npz_loads_through_create_and_computes_the_same_logits(tmp_path):
@@ -126,7 +135,7 @@ def test_features_are_the_pooled_map_and_pre_logits():
 def test_grad_cam_explains_bit_models():
     from jaxvision import explain
 
-    model = models.create("bit_r50x1", num_classes=CLASSES, width=0.5, stage_sizes=(1, 1, 1, 1))
+    model = models.create("bit_r50x1", num_classes=CLASSES, width=0.25, stage_sizes=(1, 1, 1, 1))
     params = _random_params(model, 64)
     tree = traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in params.items()})
     # 64 px: a 2x2 final map (at 1x1 every map would be flat, hence all zeros).
@@ -137,7 +146,7 @@ def test_grad_cam_explains_bit_models():
 
 @pytest.mark.parametrize(
     ("overrides", "match"),
-    [({"width": 0.25}, "GroupNorm"), ({"stage_sizes": (2, 0)}, "stage_sizes")],
+    [({"width": 0.3}, "width=0.3"), ({"stage_sizes": (2, 0)}, "stage_sizes")],
 )
 def test_bad_overrides_are_clear_errors(overrides, match):
     with pytest.raises(ValueError, match=match):

@@ -39,6 +39,12 @@ class WSConv(nn.Conv):
         return p
 
 
+def group_norm(x: jnp.ndarray, dtype: Dtype, name: str) -> jnp.ndarray:
+    """GroupNorm(32) as published; narrower test-size models get one channel per group."""
+    groups = min(GROUPS, x.shape[-1])
+    return nn.GroupNorm(num_groups=groups, epsilon=_GN_EPS, dtype=dtype, name=name)(x)
+
+
 def _pad(x: jnp.ndarray, k: int) -> jnp.ndarray:
     """Zero-pads H and W for a k x k window with VALID padding (BiT's fixed padding)."""
     lo = (k - 1) // 2
@@ -59,16 +65,16 @@ class PreActUnit(nn.Module):
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         """Applies the unit to NHWC features."""
         conv = partial(WSConv, use_bias=False, padding="VALID", dtype=self.dtype)
-        gn = partial(nn.GroupNorm, num_groups=GROUPS, epsilon=_GN_EPS, dtype=self.dtype)
+        gn = partial(group_norm, dtype=self.dtype)
         out = self.features * 4
-        y = nn.relu(gn(name="gn1")(x))
+        y = nn.relu(gn(x, name="gn1"))
         shortcut = x
         if x.shape[-1] != out or self.strides != 1:
             shortcut = conv(out, (1, 1), self.strides, name="conv_proj")(y)
         y = conv(self.features, (1, 1), name="conv1")(y)
-        y = nn.relu(gn(name="gn2")(y))
+        y = nn.relu(gn(y, name="gn2"))
         y = conv(self.features, (3, 3), self.strides, name="conv2")(_pad(y, 3))
-        y = nn.relu(gn(name="gn3")(y))
+        y = nn.relu(gn(y, name="gn3"))
         y = conv(out, (1, 1), name="conv3")(y)
         return y + shortcut
 
@@ -83,10 +89,12 @@ class ResNetV2(nn.Module):
 
     def __post_init__(self) -> None:
         base = 64 * self.width
-        if not (base >= GROUPS and base == int(base) and int(base) % GROUPS == 0):
+        # Every width then has channel counts GroupNorm can split: 32 groups, or fewer
+        # channels than that (one per group) in narrow models.
+        if not (base == int(base) >= 1 and (base % GROUPS == 0 or GROUPS % base == 0)):
             raise ValueError(
-                f"width={self.width!r} gives {base} root channels; GroupNorm({GROUPS}) needs a "
-                f"positive multiple of {GROUPS}: use width 0.5, 1, 2, 3, ..."
+                f"width={self.width!r} gives {base} root channels; use a width whose 64 * width "
+                f"is a multiple or a divisor of {GROUPS}: 0.25, 0.5, 1, 2, 3, ..."
             )
         if not self.stage_sizes or min(self.stage_sizes) < 1:
             raise ValueError(f"stage_sizes must be positive unit counts, got {self.stage_sizes}.")
@@ -127,9 +135,7 @@ class ResNetV2(nn.Module):
                 unit_name="unit{:02d}",  # as the published files number them
                 name=f"block{s}",
             )(x)
-        x = nn.GroupNorm(
-            num_groups=GROUPS, epsilon=_GN_EPS, dtype=self.dtype, name="norm_pre_head"
-        )(x)
+        x = group_norm(x, self.dtype, "norm_pre_head")
         x = nn.relu(x)
         feature_map = None
         if return_features:
