@@ -118,6 +118,14 @@ def test_missing_and_unrecognised_big_transfer_keys_are_named(tmp_path):
     assert "(bit) resnet/block2/unit01/d/standardized_conv2d/kernel" in message
 
 
+def test_a_big_transfer_npz_in_the_wrong_model_says_which_architecture_it_holds(tmp_path):
+    bit = models.create("bit_r50x1", num_classes=CLASSES, width=0.5, stage_sizes=(2, 1, 1, 1))
+    path = tmp_path / "bit.npz"
+    np.savez(path, **to_bit_npz(_random_params(bit, 32)))
+    with pytest.raises(ValueError, match=r"BiT ResNet-V2 .* stage_sizes=\(2, 1, 1, 1\), width=0.5"):
+        load_pretrained(path, models.create("bit_r50x1", num_classes=CLASSES))
+
+
 def test_features_are_the_pooled_map_and_pre_logits():
     model = models.create("bit_r50x1", num_classes=CLASSES, **SMALL)
     x = jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)

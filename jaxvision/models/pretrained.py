@@ -422,4 +422,15 @@ def _describe(params: Flat) -> str:
     if stages:
         per_stage = tuple(stages[s] for s in sorted(stages))
         return f"\nThe file holds a ResNet with blocks per stage {per_stage}."
+    root = params.get("conv_root/kernel")
+    if "norm_pre_head/scale" in params and root is not None and root.ndim == 4:
+        units: dict[int, set[str]] = {}
+        for k in params:
+            if m := re.match(r"block(\d+)/(unit\d+)/", k):
+                units.setdefault(int(m[1]), set()).add(m[2])
+        per_stage = tuple(len(units[s]) for s in sorted(units))
+        return (
+            f"\nThe file holds a BiT ResNet-V2 (bit_r50x1 family) with stage_sizes={per_stage}, "
+            f"width={root.shape[-1] / 64:g}."
+        )
     return ""
