@@ -118,6 +118,21 @@ def test_missing_and_unrecognised_big_transfer_keys_are_named(tmp_path):
     assert "(bit) resnet/block2/unit01/d/standardized_conv2d/kernel" in message
 
 
+def test_numbered_conv_scopes_of_some_published_files_map_like_plain_ones():
+    from jaxvision.models.pretrained_bit import bit_npz_to_variables
+
+    kernel = np.ones((3, 3, 8, 8), np.float32)
+    gamma = np.ones((1, 1, 1, 8), np.float32)  # TF's broadcast shape in some exports
+    params = bit_npz_to_variables(
+        {
+            "resnet/block3/unit05/b/standardized_conv2d_1/kernel": kernel,
+            "resnet/block3/unit05/b/group_norm/gamma": gamma,
+        }
+    )["params"]
+    assert params["block3/unit05/conv2/kernel"] is kernel
+    assert params["block3/unit05/gn2/scale"].shape == (8,)
+
+
 def test_a_big_transfer_npz_in_the_wrong_model_says_which_architecture_it_holds(tmp_path):
     bit = models.create("bit_r50x1", num_classes=CLASSES, width=0.5, stage_sizes=(2, 1, 1, 1))
     path = tmp_path / "bit.npz"
