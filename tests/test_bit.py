@@ -13,8 +13,9 @@ from jaxvision import models
 from jaxvision.models import load_pretrained
 from tests.bit_npz_layout import to_bit_npz
 
-# Exact widths, fewer units: block1 keeps a second unit, the one without a projection.
-SMALL = {"stage_sizes": (2, 1, 1, 1)}
+# Half width, fewer units: block1 keeps a second unit, the one without a projection. (The
+# exact widths are checked by the layout test and test_pretrained_catalog.)
+SMALL = {"stage_sizes": (2, 1, 1, 1), "width": 0.5}
 CLASSES = 5
 # One-shot computations: skip XLA's slow backend optimisation (as in test_models).
 _FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
@@ -49,10 +50,16 @@ def _images(size: int, n: int = 2) -> np.ndarray:
     return np.random.default_rng(1).uniform(-1, 1, (n, size, size, 3)).astype(np.float32)
 
 
-def _logits(model, params: dict[str, np.ndarray], images: np.ndarray) -> np.ndarray:
-    tree = traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in params.items()})
-    out = _run_once(lambda v, x: model.apply(v, x), {"params": tree}, jnp.asarray(images))
-    return np.asarray(out)
+def _logits(model, images: np.ndarray, *param_sets: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """`model`'s logits on `images` under each flat parameter set, compiled once."""
+    trees = [
+        {"params": traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in p.items()})}
+        for p in param_sets
+    ]
+    x = jnp.asarray(images)
+    apply = jax.jit(lambda v, x: model.apply(v, x)).lower(trees[0], x)
+    apply = apply.compile(compiler_options=_FAST_COMPILE)
+    return [np.asarray(apply(tree, x)) for tree in trees]
 
 
 @pytest.mark.parametrize(("classes", "count"), [(1000, 25_549_352), (21843, 68_256_659)])
@@ -99,8 +106,8 @@ def test_a_big_transfer_npz_loads_through_create_and_computes_the_same_logits(tm
     for key, value in written.items():
         np.testing.assert_array_equal(loaded[key], value, err_msg=key)
     images = _images(32)
-    logits = _logits(model, loaded, images)
-    np.testing.assert_array_equal(logits, _logits(reference, written, images))
+    logits, direct = _logits(model, images, loaded, written)
+    np.testing.assert_array_equal(logits, direct)
     assert np.abs(logits).max() > 1e-3  # a real function of the image, not a zero head
 
 
@@ -142,7 +149,7 @@ def test_a_big_transfer_npz_in_the_wrong_model_says_which_architecture_it_holds(
 
 
 def test_features_are_the_pooled_map_and_pre_logits():
-    model = models.create("bit_r50x1", num_classes=CLASSES, **SMALL)
+    model = models.create("bit_r50x1", num_classes=CLASSES)
     x = jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)
 
     def apply(x):
@@ -158,12 +165,12 @@ def test_features_are_the_pooled_map_and_pre_logits():
 def test_grad_cam_explains_bit_models():
     from jaxvision import explain
 
-    model = models.create("bit_r50x1", num_classes=CLASSES, width=0.25, stage_sizes=(1, 1, 1, 1))
-    params = _random_params(model, 64)
+    # One stage: an 8x8 final map at 32 px, and a quick compile.
+    model = models.create("bit_r50x1", num_classes=CLASSES, width=0.25, stage_sizes=(1,))
+    params = _random_params(model, 32)
     tree = traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in params.items()})
-    # 64 px: a 2x2 final map (at 1x1 every map would be flat, hence all zeros).
-    maps, method = explain.explain(model, {"params": tree}, _images(64))
-    assert method == "grad_cam" and maps.shape == (2, 64, 64)
+    maps, method = explain.explain(model, {"params": tree}, _images(32))
+    assert method == "grad_cam" and maps.shape == (2, 32, 32)
     assert maps.min() == 0.0 and maps.max() == pytest.approx(1.0)
 
 
@@ -176,7 +183,7 @@ def test_bad_overrides_are_clear_errors(overrides, match):
         models.create("bit_r50x1", num_classes=CLASSES, **overrides)
 
 
-def _torch_bit(torch, stages: tuple[int, ...], classes: int):
+def _torch_bit(torch, stages: tuple[int, ...], width: float, classes: int):
     """BiT ResNet-V2 as google-research/big_transfer describes it (bit_pytorch): WS convs
     with eps 1e-10 on the variance, GN(32), zero-padded max-pool, pre-activated units."""
     nn, F = torch.nn, torch.nn.functional
@@ -207,14 +214,15 @@ def _torch_bit(torch, stages: tuple[int, ...], classes: int):
     class ResNetV2(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.root = WSConv(3, 64, 7, 2, 3, bias=False)
+            base = int(64 * width)
+            self.root = WSConv(3, base, 7, 2, 3, bias=False)
             self.pool = nn.Sequential(nn.ConstantPad2d(1, 0.0), nn.MaxPool2d(3, 2))
-            cin, self.blocks = 64, nn.ModuleList()
+            cin, self.blocks = base, nn.ModuleList()
             for s, n in enumerate(stages):
                 units = []
                 for u in range(n):
-                    units.append(Unit(cin, 64 * 2**s, 2 if s > 0 and u == 0 else 1))
-                    cin = 64 * 2**s * 4
+                    units.append(Unit(cin, base * 2**s, 2 if s > 0 and u == 0 else 1))
+                    cin = base * 2**s * 4
                 self.blocks.append(nn.Sequential(*units))
             self.gn = nn.GroupNorm(32, cin)
             self.head = nn.Conv2d(cin, classes, 1)
@@ -259,7 +267,7 @@ def _torch_to_bit_npz(module, stages) -> dict[str, np.ndarray]:
 def test_bit_r50x1_matches_an_independent_pytorch_bit_on_its_published_layout(tmp_path):
     torch = pytest.importorskip("torch", reason="pip install -e '.[torch]' for reference tests")
     stages = SMALL["stage_sizes"]
-    module = _torch_bit(torch, stages, CLASSES)
+    module = _torch_bit(torch, stages, SMALL["width"], CLASSES)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, t in module.state_dict().items():
@@ -276,7 +284,7 @@ def test_bit_r50x1_matches_an_independent_pytorch_bit_on_its_published_layout(tm
     path = tmp_path / "reference.npz"
     np.savez(path, **_torch_to_bit_npz(module, stages))
     model, variables = models.create("bit_r50x1", pretrained=str(path), **SMALL)
-    logits = _logits(model, _flat(variables["params"]), images)
+    (logits,) = _logits(model, images, _flat(variables["params"]))
     np.testing.assert_allclose(logits, expected, atol=2e-4, rtol=2e-4)
 
 
@@ -292,5 +300,5 @@ def test_full_size_bit_r50x1_loads_a_published_size_file_at_224_px(tmp_path):
     model, variables = models.create("bit_r50x1", pretrained=str(path))
     assert model == reference
     images = _images(224, 1)
-    logits = _logits(model, _flat(variables["params"]), images)
-    np.testing.assert_array_equal(logits, _logits(reference, written, images))
+    logits, direct = _logits(model, images, _flat(variables["params"]), written)
+    np.testing.assert_array_equal(logits, direct)
