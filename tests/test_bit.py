@@ -302,3 +302,40 @@ def test_full_size_bit_r50x1_loads_a_published_size_file_at_224_px(tmp_path):
     images = _images(224, 1)
     logits, direct = _logits(model, images, _flat(variables["params"]), written)
     np.testing.assert_array_equal(logits, direct)
+
+
+@pytest.mark.slow  # 30 train steps through the real loop: about a minute of CPU
+def test_bit_fine_tunes_from_a_big_transfer_file_and_learns_shapes(tmp_path):
+    import json
+
+    from jaxvision import config as config_lib
+    from jaxvision import train
+
+    arch = {"width": 0.25, "stage_sizes": (1, 1, 1, 1)}
+    upstream = models.create("bit_r50x1", num_classes=CLASSES, **arch)
+    path = tmp_path / "upstream.npz"
+    np.savez(path, **to_bit_npz(_random_params(upstream, 32)))
+    c = config_lib.base()
+    c.seed = 0
+    c.model = config_lib.model("bit_r50x1", **arch)
+    c.pretrained = str(path)  # a 5-class head: the 4-class run starts from a fresh one
+    c.dataset.name = "shapes"
+    c.dataset.num_classes = 4
+    c.dataset.image_size = 32
+    c.dataset.train_split = "train[:64]"  # memorising 64 images shows gradients flow
+    c.dataset.eval_split = "test[:64]"
+    c.batch_size = 32
+    c.num_train_steps = 30
+    c.optimizer.learning_rate = 1e-3
+    c.schedule.name = "constant"
+    c.log_every_steps = 5
+    c.eval_every_steps = 0
+    c.checkpoint_every_steps = 30
+    workdir = tmp_path / "run"
+    train.run(config_lib.finalize(c, None), str(workdir))
+    with open(workdir / "metrics.jsonl") as f:
+        losses = [r["train/loss"] for r in map(json.loads, f) if "train/loss" in r]
+    assert len(losses) == 6 and np.isfinite(losses).all(), losses
+    assert np.mean(losses[-2:]) < min(losses[0], np.log(4)) - 0.25, losses
+    recorded = json.loads((workdir / "config.json").read_text())
+    assert str(path) in recorded["pretrained_resolved"]
