@@ -18,9 +18,15 @@ import numpy as np
 from jaxvision import backend
 from jaxvision.models.cnn import Cnn
 from jaxvision.models.resnet import ResNet
+from jaxvision.models.resnet_v2 import ResNetV2
 from jaxvision.models.vit import VisionTransformer
 
-METHODS = {VisionTransformer: "attention_rollout", Cnn: "grad_cam", ResNet: "grad_cam"}
+METHODS = {
+    VisionTransformer: "attention_rollout",
+    Cnn: "grad_cam",
+    ResNet: "grad_cam",
+    ResNetV2: "grad_cam",
+}
 
 
 def method_for(model: nn.Module) -> str:

@@ -1,7 +1,7 @@
 """Every catalog entry loads through `models.create(name, pretrained=...)` from a synthetic
-file in its publisher's layout (vision_transformer npz or timm safetensors), served by a
-local server playing the bucket and the hub. The default suite uses one block per stage;
-the slow test uses the full-size files."""
+file in its publisher's layout (vision_transformer or big_transfer npz, timm safetensors),
+served by a local server playing the bucket and the hub. The files have one block per
+stage; widths, heads, class counts and resolutions are exact."""
 
 import numpy as np
 import pytest
@@ -9,6 +9,7 @@ from flax import traverse_util
 
 from jaxvision import models
 from jaxvision.models import pretrained_catalog, pretrained_source
+from tests.bit_npz_layout import to_bit_npz
 from tests.weights_server import WeightsServer
 
 # Overrides that shrink depth only: widths, heads, patch, head and resolution stay exact.
@@ -16,6 +17,7 @@ _SHALLOW = {
     "vit": {"depth": 1},
     "r50_vit_b16": {"depth": 1, "resnet_stages": (1, 1, 1)},
     "resnet50": {"stage_sizes": (1, 1, 1, 1)},
+    "bit_r50x1": {"stage_sizes": (1, 1, 1, 1)},
 }
 
 
@@ -115,8 +117,10 @@ def _publish(server: WeightsServer, entry, model, tmp_path) -> dict[str, np.ndar
         repo, filename, revision = pretrained_source._split_hub(entry.source)
         server.add_hub_file(repo, filename, path.read_bytes(), revision)
     else:
-        # The vision_transformer npz layout is jaxvision's parameter naming.
-        np.savez(path, **{k[len("params/") :]: x for k, x in variables.items()})
+        params = {k[len("params/") :]: x for k, x in variables.items()}
+        # The vision_transformer npz layout is jaxvision's parameter naming; big_transfer's
+        # keeps its TensorFlow names.
+        np.savez(path, **(to_bit_npz(params) if entry.model.startswith("bit_") else params))
         server.add_bucket_file(entry.source[len("gs://") :], path.with_suffix(".npz").read_bytes())
     return variables
 
@@ -169,6 +173,7 @@ def test_catalog_lists_every_required_family_with_its_source():
         assert {f"{model}.augreg_in21k", f"{model}.augreg_in21k_ft_in1k"} <= names
     assert {"r50_vit_b16.orig_in21k", "resnet50.a1_in1k"} <= names
     assert "vit_b16.timm_augreg_in21k_ft_in1k" in names
+    assert {"bit_r50x1.bit_m_in21k", "bit_r50x1.bit_m_in21k_ft_in1k"} <= names
     for entry in pretrained_catalog.entries():
         assert entry.model in models.names()
         assert entry.source.startswith(("gs://", "hf-hub:"))

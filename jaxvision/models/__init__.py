@@ -4,7 +4,7 @@
 `pretrained_source` for the sources and `pretrained_catalog` for the named checkpoints).
 """
 
-from jaxvision.models import cnn, resnet, vit  # noqa: F401  (importing registers their names)
+from jaxvision.models import cnn, resnet, resnet_v2, vit  # noqa: F401  (importing registers their names)
 from jaxvision.models.pretrained import load_pretrained
 from jaxvision.models.pretrained_source import create
 from jaxvision.models.registry import names, register

@@ -4,6 +4,7 @@ Reads, without unpickling anything:
 - `.npz` from google-research/vision_transformer (ViT, R50+ViT and R+Ti hybrids; the
   parameter names jaxvision uses) and from big_vision (its renamed blocks, root
   `pos_embedding`, scanned `encoderblock` stacks), and npz files of jaxvision variables;
+- `.npz` from google-research/big_transfer (BiT ResNet-V2, `pretrained_bit`);
 - `.safetensors` state dicts of timm `VisionTransformer` and `ResNet` models.
 
 Where files come from: `download(name)` fetches a catalog entry
@@ -30,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from jaxvision.models.pretrained_bit import bit_npz_to_variables, is_bit_npz
 from jaxvision.models.pretrained_npz import (
     POSEMB,
     CheckpointFileError,
@@ -197,6 +199,7 @@ def _in_channels(raw: Flat) -> int:
     # The hybrid's ResNet root comes before its `embedding`, so it is looked at first.
     for key, axis in (
         ("conv_root/kernel", 2),
+        ("resnet/root_block/standardized_conv2d/kernel", 2),
         ("params/conv_root/kernel", 2),
         ("stem_conv/kernel", 2),
         ("params/stem_conv/kernel", 2),
@@ -223,7 +226,7 @@ def _abstract_variables(model: nn.Module, size: int, channels: int) -> dict[str,
 
 def _to_variables(raw: Flat, kind: str, expected: dict[str, Flat], path: Path) -> dict[str, Flat]:
     if kind == "npz":
-        return npz_to_variables(raw)
+        return bit_npz_to_variables(raw) if is_bit_npz(raw) else npz_to_variables(raw)
     params = expected.get("params", {})
     if is_timm_vit(raw):
         heads = [v.shape[1] for k, v in params.items() if k.endswith("/query/kernel")]
@@ -419,4 +422,15 @@ def _describe(params: Flat) -> str:
     if stages:
         per_stage = tuple(stages[s] for s in sorted(stages))
         return f"\nThe file holds a ResNet with blocks per stage {per_stage}."
+    root = params.get("conv_root/kernel")
+    if "norm_pre_head/scale" in params and root is not None and root.ndim == 4:
+        units: dict[int, set[str]] = {}
+        for k in params:
+            if m := re.match(r"block(\d+)/(unit\d+)/", k):
+                units.setdefault(int(m[1]), set()).add(m[2])
+        per_stage = tuple(len(units[s]) for s in sorted(units))
+        return (
+            f"\nThe file holds a BiT ResNet-V2 (bit_r50x1 family) with stage_sizes={per_stage}, "
+            f"width={root.shape[-1] / 64:g}."
+        )
     return ""

@@ -2,12 +2,12 @@
 
 A name is `<registered model>.<tag>`, e.g. `vit_b16.augreg_in21k_ft_in1k`; the tag alone
 is enough where the model is known (`models.create("vit_b16", pretrained="augreg_in21k")`).
-Sources are the public vision_transformer bucket (`gs://vit_models`, the files the
-google-research/vision_transformer README and timm's configs name) and timm's Hugging Face
-Hub repositories. No entry records a size or checksum the publisher does not give next to
-the file: hub files are checked against the hub's LFS SHA-256 at download, bucket files
-against the bucket's MD5 when it sends one, and every cached file against the SHA-256
-recorded when it was first verified.
+Sources are the public vision_transformer and big_transfer buckets (`gs://vit_models`,
+`gs://bit_models`: the files the google-research READMEs and timm's configs name) and
+timm's Hugging Face Hub repositories. No entry records a size or checksum the publisher
+does not give next to the file (neither bucket's README gives any): hub files are checked
+against the hub's LFS SHA-256 at download, bucket files against the bucket's MD5 when it
+sends one, and every cached file against the SHA-256 recorded when it was first verified.
 """
 
 import dataclasses
@@ -15,6 +15,7 @@ from typing import Any
 
 AUGREG_PAPER = "arXiv:2106.10270 (How to train your ViT)"
 VIT_PAPER = "arXiv:2010.11929 (An Image is Worth 16x16 Words)"
+BIT_PAPER = "arXiv:1912.11370 (Big Transfer (BiT))"
 NOT_PUBLISHED = (
     "not published next to the file; verified against the server's checksum at download "
     "and the SHA-256 recorded then on every cache hit"
@@ -45,6 +46,7 @@ class CatalogEntry:
 
 
 _BUCKET = "gs://vit_models/"
+_BIT_BUCKET = "gs://bit_models/"  # google-research/big_transfer's public bucket
 _MINUS1_1 = "value_range(-1,1)"
 _IMAGENET_MEAN_STD = "normalize(imagenet)"
 
@@ -73,75 +75,104 @@ _AUGREG = {
 }
 
 
+_CLASSES = {"imagenet21k": 21843, "imagenet2012": 1000}
+
+
+def _entry(name: str, label_set: str, source: str, **fields: Any) -> CatalogEntry:
+    """An entry whose model is the name's first part and class count its label set's."""
+    model = name.split(".", 1)[0]
+    fields.setdefault("overrides", {})
+    num_classes = _CLASSES[label_set]
+    return CatalogEntry(
+        name, model, label_set=label_set, num_classes=num_classes, source=source, **fields
+    )
+
+
+def _in21k_and_ft_in1k(
+    model: str,
+    tag: str,
+    upstream: str,
+    finetuned: str,
+    *,
+    ft_image_size: int = 224,
+    ft_suffix: str = "",
+    upstream_overrides: dict[str, Any] | None = None,
+    **common: Any,
+) -> list[CatalogEntry]:
+    """`MODEL.TAG_in21k` (pretrained on ImageNet-21k at 224 px) and its ImageNet-1k
+    fine-tune `MODEL.TAG_in21k_ft_in1k[SUFFIX]` (at `ft_image_size`)."""
+    return [
+        _entry(
+            f"{model}.{tag}_in21k",
+            "imagenet21k",
+            upstream,
+            image_size=224,
+            overrides=upstream_overrides or {},
+            **common,
+        ),
+        _entry(
+            f"{model}.{tag}_in21k_ft_in1k{ft_suffix}",
+            "imagenet2012",
+            finetuned,
+            image_size=ft_image_size,
+            **common,
+        ),
+    ]
+
+
 def _augreg_entries() -> list[CatalogEntry]:
     out = []
     for model, (prefix, finetune) in _AUGREG.items():
-        common = dict(
-            model=model, overrides={}, image_size=224, paper=AUGREG_PAPER, preprocessing=_MINUS1_1
-        )
-        out.append(
-            CatalogEntry(
-                name=f"{model}.augreg_in21k",
-                num_classes=21843,
-                label_set="imagenet21k",
-                source=f"{_BUCKET}augreg/{prefix}.npz",
-                **common,
-            )
-        )
-        out.append(
-            CatalogEntry(
-                name=f"{model}.augreg_in21k_ft_in1k",
-                num_classes=1000,
-                label_set="imagenet2012",
-                source=f"{_BUCKET}augreg/{prefix}{finetune}.npz",
-                **common,
-            )
+        out += _in21k_and_ft_in1k(
+            model,
+            "augreg",
+            f"{_BUCKET}augreg/{prefix}.npz",
+            f"{_BUCKET}augreg/{prefix}{finetune}.npz",
+            paper=AUGREG_PAPER,
+            preprocessing=_MINUS1_1,
         )
     return out
 
 
 def _other_entries() -> list[CatalogEntry]:
-    hybrid = dict(model="r50_vit_b16", paper=VIT_PAPER, preprocessing=_MINUS1_1)
     return [
-        # The original in21k checkpoints carry a tanh pre-logits layer of the model's width.
-        CatalogEntry(
-            name="r50_vit_b16.orig_in21k",
-            overrides={"representation_size": 768},
-            image_size=224,
-            num_classes=21843,
-            label_set="imagenet21k",
-            source=f"{_BUCKET}imagenet21k/R50+ViT-B_16.npz",
-            **hybrid,
+        *_in21k_and_ft_in1k(
+            "r50_vit_b16",
+            "orig",
+            f"{_BUCKET}imagenet21k/R50+ViT-B_16.npz",
+            f"{_BUCKET}imagenet21k+imagenet2012/R50+ViT-B_16.npz",
+            ft_image_size=384,
+            ft_suffix="_384",
+            # The original in21k checkpoints carry a tanh pre-logits layer of the model's width.
+            upstream_overrides={"representation_size": 768},
+            paper=VIT_PAPER,
+            preprocessing=_MINUS1_1,
         ),
-        CatalogEntry(
-            name="r50_vit_b16.orig_in21k_ft_in1k_384",
-            overrides={},
-            image_size=384,
-            num_classes=1000,
-            label_set="imagenet2012",
-            source=f"{_BUCKET}imagenet21k+imagenet2012/R50+ViT-B_16.npz",
-            **hybrid,
+        # BiT-HyperRule fine-tunes ImageNet-1k at 480 px (resize 512, crop 480).
+        *_in21k_and_ft_in1k(
+            "bit_r50x1",
+            "bit_m",
+            f"{_BIT_BUCKET}BiT-M-R50x1.npz",
+            f"{_BIT_BUCKET}BiT-M-R50x1-ILSVRC2012.npz",
+            ft_image_size=480,
+            paper=BIT_PAPER,
+            preprocessing=_MINUS1_1,
         ),
-        CatalogEntry(
-            name="resnet50.a1_in1k",
-            model="resnet50",
-            overrides={},
+        _entry(
+            "resnet50.a1_in1k",
+            "imagenet2012",
+            "hf-hub:timm/resnet50.a1_in1k/model.safetensors",
             image_size=224,
-            num_classes=1000,
-            label_set="imagenet2012",
-            source="hf-hub:timm/resnet50.a1_in1k/model.safetensors",
             preprocessing=_IMAGENET_MEAN_STD,
             paper="arXiv:2110.00476 (ResNet strikes back), procedure A1",
         ),
-        CatalogEntry(
-            name="vit_b16.timm_augreg_in21k_ft_in1k",
-            model="vit_b16",
+        _entry(
+            "vit_b16.timm_augreg_in21k_ft_in1k",
+            "imagenet2012",
+            "hf-hub:timm/vit_base_patch16_224.augreg_in21k_ft_in1k/model.safetensors",
             # timm (PyTorch) computes the exact erf GELU.
             overrides={"gelu_approximate": False},
             image_size=224,
-            num_classes=1000,
-            label_set="imagenet2012",
-            source="hf-hub:timm/vit_base_patch16_224.augreg_in21k_ft_in1k/model.safetensors",
             preprocessing=_MINUS1_1,
             paper=AUGREG_PAPER + ", converted by timm",
         ),

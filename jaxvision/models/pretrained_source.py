@@ -242,7 +242,7 @@ def _file_classes(resolved: ResolvedWeights) -> int:
         arrays = {k: v for k, v in _workdir_arrays(resolved).items() if k.endswith("head/bias")}
     else:
         arrays, _ = pretrained._read(resolved.path)
-    for key in ("head/bias", "params/head/bias", "head.bias", "fc.bias"):
+    for key in ("head/bias", "params/head/bias", "head.bias", "fc.bias", "resnet/head/conv2d/bias"):
         if key in arrays:
             return int(arrays[key].shape[-1])
     raise BadInputError(f"{resolved.source} has no classifier head; pass num_classes to create().")

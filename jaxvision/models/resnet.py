@@ -235,19 +235,25 @@ class BitUnit(nn.Module):
 
 
 class BitStage(nn.Module):
-    """`num_units` BiT units; the first one carries the stride."""
+    """`num_units` BiT units; the first one carries the stride.
+
+    `unit` and `unit_name` serve both BiT families: v1 units `unit1, unit2, ...` (the hybrid
+    ViT's backbone) and ResNet-V2's pre-activation units `unit01, unit02, ...`.
+    """
 
     num_units: int
     features: int
     first_stride: int
     dtype: Dtype = jnp.float32
+    unit: Any = BitUnit  # a module class taking (features, strides, dtype=...)
+    unit_name: str = "unit{}"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         """Applies the stage to NHWC features."""
         for u in range(1, self.num_units + 1):
             stride = self.first_stride if u == 1 else 1
-            x = BitUnit(self.features, stride, dtype=self.dtype, name=f"unit{u}")(x)
+            x = self.unit(self.features, stride, dtype=self.dtype, name=self.unit_name.format(u))(x)
         return x
 
 
