@@ -57,7 +57,7 @@ def label_mismatch(spec: str, labels: Labels, info: data.DataInfo) -> str:
         return ""
 
     def shown(n: int, names: tuple[str, ...]) -> str:
-        listed = f": {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}" if names else ""
+        listed = f" ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})" if names else ""
         return f"{n} classes{listed}"
 
     trained = labels.dataset or "the data it was trained on"
