@@ -342,3 +342,10 @@ def test_a_training_workdir_is_not_an_output_directory_for_pretrained_weights(ca
     args = [f"--pretrained={source}", "--dataset=shapes", f"--workdir={source}"]
     assert evaluate.main(args) == 2
     assert "is a training run's workdir" in capsys.readouterr().err
+
+
+def test_an_unreadable_probe_dataset_is_bad_input_before_anything_is_written(capsys):
+    wd = _copy_of_cnn_run("bad_probe")
+    assert evaluate.main(["--workdir", wd, "--evals=fewshot:no_such_dataset"]) == 2
+    assert "no_such_dataset" in capsys.readouterr().err
+    assert not os.path.exists(os.path.join(wd, "eval"))
