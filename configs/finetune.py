@@ -19,12 +19,14 @@ Run:    python -m jaxvision.main --config=configs/finetune.py:vit_ti16_folder \\
         value range [-1, 1]. Not measured here (no download).
 Run:    python -m jaxvision.main --config=configs/finetune.py:mnist5k --workdir=runs/src
         python -m jaxvision.main --config=configs/finetune.py:digits --workdir=runs/ft \\
-          --config.pretrained=runs/src
-        The offline case: a small CNN pretrained on mnist5k (200 steps), fine-tuned on
-        8x8 digits read at 28px for 50 steps. Measured here (AMD EPYC, 2 shared cores):
-        the mnist5k run ends at 0.967; digits test accuracy after 50 steps is 0.9667
-        fine-tuned from that workdir vs 0.9400 from scratch (the same command without
-        --config.pretrained), about 10 s of training each.
+          --config.pretrained=runs/src [--config.seed=S]
+        The offline case: a small CNN pretrained on mnist5k (200 steps, test 0.967), fine-tuned
+        on 8x8 digits read at 28px for 50 steps. Measured, digits test accuracy at step 50 for
+        seeds 0/1/2: 0.967/0.987/0.980 fine-tuned vs 0.940/0.937/0.923 from scratch (the same
+        command without --config.pretrained): +0.03 to +0.06 for every seed. Before any
+        fine-tuning (mnist5k and digits share the labels 0-9), `python -m jaxvision.evaluate
+        --pretrained=runs/src --dataset=digits --evals=linear_probe,fewshot` reports 0.497
+        accuracy, a 0.973 linear probe and 0.919 10-shot on the frozen features.
 Smoke:  python -m jaxvision.main --config=configs/finetune.py:smoke --workdir=/tmp/ft
         (no pretrained weights, 32px shapes; checks that the recipe runs, not transfer).
 """
@@ -32,30 +34,36 @@ Smoke:  python -m jaxvision.main --config=configs/finetune.py:smoke --workdir=/t
 from jaxvision import config as config_lib
 
 
+def _transfer(c, pretrained: str, model, dataset: str, size: int, norm: str, eval_resize: str):
+    """What every recipe shares: the weights, the model, and the data at `size` px, with
+    inception crop + flip for training and `eval_resize` for eval, both then `norm`."""
+    c.pretrained = pretrained
+    c.model = model
+    c.dataset.name = dataset
+    c.dataset.image_size = size
+    c.dataset.train_pp = f"decode|inception_crop({size})|flip_lr|{norm}"
+    c.dataset.eval_pp = f"decode|{eval_resize}|{norm}"
+
+
+_MINUS1_1 = "value_range(-1,1)"
+_CROP_224 = "resize_small(256)|central_crop(224)"
+
+
 def _vit_b16_cifar10(c) -> None:
-    c.pretrained = "vit_b16.augreg_in21k"
-    c.model = config_lib.model("vit_b16", image_size=384, scan=True)
-    c.dataset.name = "cifar10"
-    c.dataset.image_size = 384
-    c.dataset.train_pp = "decode|inception_crop(384)|flip_lr|value_range(-1,1)"
-    c.dataset.eval_pp = "decode|resize(384)|value_range(-1,1)"
+    model = config_lib.model("vit_b16", image_size=384, scan=True)
+    _transfer(c, "vit_b16.augreg_in21k", model, "cifar10", 384, _MINUS1_1, "resize(384)")
     c.batch_size = 512
     c.num_train_steps = 10_000
     c.optimizer.name = "sgd"
     c.optimizer.learning_rate = 0.03
     c.optimizer.grad_clip_norm = 1.0
     c.schedule.warmup_steps = 500
-    c.eval_every_steps = 1000
-    c.checkpoint_every_steps = 1000
+    c.eval_every_steps = c.checkpoint_every_steps = 1000
 
 
 def _resnet50_folder(c) -> None:
-    c.pretrained = "resnet50.a1_in1k"
-    c.model = config_lib.model("resnet50")
-    c.dataset.name = "folder:images"
-    c.dataset.image_size = 224
-    c.dataset.train_pp = "decode|inception_crop(224)|flip_lr|normalize(imagenet)"
-    c.dataset.eval_pp = "decode|resize_small(256)|central_crop(224)|normalize(imagenet)"
+    model = config_lib.model("resnet50")
+    _transfer(c, "resnet50.a1_in1k", model, "folder:images", 224, "normalize(imagenet)", _CROP_224)
     c.batch_size = 64
     c.num_epochs = 20.0
     c.optimizer.name = "sgd"
@@ -63,12 +71,8 @@ def _resnet50_folder(c) -> None:
 
 
 def _vit_ti16_folder(c) -> None:
-    c.pretrained = "vit_ti16.augreg_in21k_ft_in1k"
-    c.model = config_lib.model("vit_ti16", image_size=224)
-    c.dataset.name = "folder:images"
-    c.dataset.image_size = 224
-    c.dataset.train_pp = "decode|inception_crop(224)|flip_lr|value_range(-1,1)"
-    c.dataset.eval_pp = "decode|resize_small(256)|central_crop(224)|value_range(-1,1)"
+    model = config_lib.model("vit_ti16", image_size=224)
+    _transfer(c, "vit_ti16.augreg_in21k_ft_in1k", model, "folder:images", 224, _MINUS1_1, _CROP_224)
     c.batch_size = 32
     c.num_epochs = 10.0
     c.optimizer.learning_rate = 1e-4

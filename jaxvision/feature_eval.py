@@ -186,6 +186,19 @@ def parse_evals(specs: tuple[str, ...] | list[str], default_dataset: str) -> dic
     return out
 
 
+def check_datasets(
+    config: ml_collections.ConfigDict,
+    specs: tuple[str, ...] | list[str],
+    image_shape: tuple[int, ...],
+    norm: str,
+) -> None:
+    """Raises (bad input) unless every dataset `specs` names is readable as `extract` reads it."""
+    from jaxvision import data
+
+    for dataset in parse_evals(specs, config.dataset.name):
+        data.prepare(dataset_config(config, dataset, image_shape, norm))
+
+
 def evaluate_model(
     model: Any,
     variables: dict,

@@ -31,6 +31,11 @@ def _read_report(out_dir: str) -> tuple[dict, np.ndarray, np.ndarray]:
     return report, preds["labels"], preds["logits"]
 
 
+def _read_json(out_dir: str) -> dict:
+    with open(os.path.join(out_dir, "report.json")) as f:
+        return json.load(f)
+
+
 def _logged(wd: str, step: int, key: str) -> float:
     values = [r[key] for r in workdir.metrics_records(wd) if r["step"] == step and key in r]
     assert values, f"training logged no {key} at step {step}"
@@ -248,3 +253,99 @@ def test_a_config_json_of_an_earlier_version_loads_as_it_was_trained(tmp_path):
     config = workdir.load_config(str(tmp_path))
     assert "winograd" not in config.model
     assert (config.dataset.image_size, config.dataset.channels) == (224, 3)
+
+
+def _best_step(wd: str) -> int:
+    logged = {s: _logged(wd, s, "eval/accuracy") for s in (100, 200, 300)}
+    return max(logged, key=lambda s: (logged[s], s))
+
+
+def test_pretrained_workdir_on_its_own_dataset_reports_what_its_evaluation_reports(tmp_path):
+    source = _copy_of_cnn_run("pretrained_source")
+    out = str(tmp_path / "out")
+    args = [f"--pretrained={source}", "--dataset=shapes", f"--workdir={out}"]
+    assert evaluate.main(args) == 0
+    report, labels, logits = _read_report(os.path.join(out, "eval", "test"))
+    step = _best_step(source)  # a workdir source gives its best checkpoint
+    assert report["pretrained"]["step"] == report["step"] == step
+    assert report["pretrained"]["source"] == os.path.abspath(source)
+    assert report["accuracy"] == _logged(source, step, "eval/accuracy")
+    assert report["num_examples"] == len(labels) == len(logits) == 1000
+    assert "label_mismatch" not in report and report["training_logged"] == {}
+    assert os.path.getsize(os.path.join(out, "eval", "test", "confusion_matrix.png")) > 1000
+    with open(os.path.join(out, "eval", "test", "summary.md")) as f:
+        assert f"Pretrained weights {source}" in f.read()
+    assert not os.path.exists(os.path.join(source, "eval"))  # the source is only read
+
+
+def test_a_catalog_checkpoint_of_another_label_set_is_bad_input_before_any_download(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("JAXVISION_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("JAXVISION_OFFLINE", "1")  # a download attempt would fail otherwise
+    out = str(tmp_path / "out")
+    args = ["--pretrained=vit_ti16.augreg_in21k_ft_in1k", "--dataset=digits", f"--workdir={out}"]
+    assert evaluate.main(args) == 2
+    err = capsys.readouterr().err
+    for says in ("1000 classes of imagenet2012", "digits has 10 classes", "--evals", "fine-tune"):
+        assert says in err, (says, err)
+    assert not os.path.exists(out) and not os.path.exists(tmp_path / "cache")
+
+
+def test_weights_of_another_label_set_give_features_not_accuracy(tmp_path, capsys):
+    source = _copy_of_cnn_run("pretrained_mismatch")  # 6 shapes, evaluated on 10 digits
+    out = str(tmp_path / "out")
+    args = [f"--pretrained={source}", "--dataset=digits", f"--workdir={out}"]
+    assert evaluate.main(args) == 2
+    assert "6 classes" in capsys.readouterr().err and not os.path.exists(out)
+
+    assert evaluate.main([*args, "--evals=fewshot"]) == 0
+    report = _read_json(os.path.join(out, "eval", "test"))
+    assert "accuracy" not in report and "digits has 10 classes" in report["label_mismatch"]
+    features = report["feature_evals"]
+    assert {f"features/digits/{k}shot" for k in (1, 5, 10, 25)} <= set(features)
+    assert features["features/digits/25shot"] > 0.3  # chance is 0.1
+    assert not os.path.exists(os.path.join(out, "eval", "test", "predictions.npz"))
+    assert "No accuracy" in capsys.readouterr().out
+
+
+def test_feature_evaluators_of_a_workdir_join_its_report(capsys):
+    wd = _copy_of_cnn_run("evals")
+    assert evaluate.main(["--workdir", wd, "--evals=fewshot:digits"]) == 0
+    report, _, _ = _read_report(os.path.join(wd, "eval", "test"))
+    assert report["accuracy"] == _logged(wd, 300, "eval/accuracy")  # the usual report, plus
+    features = report["feature_evals"]
+    assert sorted(features) == sorted(
+        f"features/digits/{k}shot{s}" for k in (1, 5, 10, 25) for s in ("", "_std")
+    )
+    assert "| features/digits/25shot |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--pretrained=vit_ti16.augreg_in21k"], "needs --dataset"),
+        (["--workdir=/nonexistent/run", "--dataset=digits"], "--dataset goes with --pretrained"),
+        (["--pretrained=vit_ti16.augreg_in21k", "--dataset=digits", "--ema"], "--ema choose"),
+        (["--pretrained=vit_ti16.augreg_in21k", "--dataset=digits", "--evals=knn"], "knn"),
+        (["--pretrained=/nonexistent/w.npz", "--dataset=digits"], "is not a file"),
+        (["--pretrained=https://example.invalid/w.npz", "--dataset=digits"], "--model=NAME"),
+    ],
+)
+def test_pretrained_flag_misuse_is_bad_input(args, says, capsys):
+    assert evaluate.main(args) == 2
+    assert says in capsys.readouterr().err
+
+
+def test_a_training_workdir_is_not_an_output_directory_for_pretrained_weights(capsys):
+    source = cnn_workdir()
+    args = [f"--pretrained={source}", "--dataset=shapes", f"--workdir={source}"]
+    assert evaluate.main(args) == 2
+    assert "is a training run's workdir" in capsys.readouterr().err
+
+
+def test_an_unreadable_probe_dataset_is_bad_input_before_anything_is_written(capsys):
+    wd = _copy_of_cnn_run("bad_probe")
+    assert evaluate.main(["--workdir", wd, "--evals=fewshot:no_such_dataset"]) == 2
+    assert "no_such_dataset" in capsys.readouterr().err
+    assert not os.path.exists(os.path.join(wd, "eval"))

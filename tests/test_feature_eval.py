@@ -1,5 +1,9 @@
 """Feature evaluators: a linear probe and k-shot accuracy on frozen pre-logits."""
 
+import json
+import os
+import shutil
+
 import jax
 import numpy as np
 import pytest
@@ -64,3 +68,15 @@ def test_unknown_evaluator_is_named():
         "digits": ["fewshot"],
         "mnist5k": ["linear_probe"],
     }
+
+
+@pytest.mark.slow  # trains a CNN on mnist5k for 200 steps first
+def test_the_evaluate_cli_reports_what_the_evaluators_compute(digits_features, tmp_path):
+    from jaxvision import evaluate
+
+    wd = str(tmp_path / "run")  # a copy: the shared run is only read
+    shutil.copytree(mnist_cnn_workdir(), wd, ignore=shutil.ignore_patterns("eval"))
+    assert evaluate.main(["--workdir", wd, "--evals=fewshot:digits"]) == 0  # latest checkpoint
+    with open(os.path.join(wd, "eval", "test", "report.json")) as f:
+        report = json.load(f)
+    assert report["feature_evals"] == feature_eval.evaluate(digits_features[0], ("fewshot",))

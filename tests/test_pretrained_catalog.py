@@ -9,8 +9,11 @@ from flax import traverse_util
 
 from jaxvision import models
 from jaxvision.models import pretrained_catalog, pretrained_source
+from tests import weights_server
 from tests.bit_npz_layout import to_bit_npz
 from tests.weights_server import WeightsServer
+
+server = weights_server.served_weights  # the shared fixture, under the name used here
 
 # Overrides that shrink depth only: widths, heads, patch, head and resolution stay exact.
 _SHALLOW = {
@@ -123,22 +126,6 @@ def _publish(server: WeightsServer, entry, model, tmp_path) -> dict[str, np.ndar
         np.savez(path, **(to_bit_npz(params) if entry.model.startswith("bit_") else params))
         server.add_bucket_file(entry.source[len("gs://") :], path.with_suffix(".npz").read_bytes())
     return variables
-
-
-@pytest.fixture
-def server(tmp_path, monkeypatch):
-    import huggingface_hub.constants
-
-    srv = WeightsServer()
-    monkeypatch.setenv("JAXVISION_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("HF_ENDPOINT", srv.url)
-    monkeypatch.setenv("JAXVISION_GCS_URL", srv.url)
-    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    for var in ("JAXVISION_OFFLINE", "HF_HUB_OFFLINE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    yield srv
-    srv.close()
 
 
 def _check_entry(entry, server, tmp_path, **shrink):

@@ -10,30 +10,16 @@ import pytest
 
 from jaxvision import weights_cache
 from jaxvision.models import pretrained_source
+from tests import weights_server
 from tests.weights_server import WeightsServer
+
+server = weights_server.served_weights  # the shared fixture, under the name used here
 
 REPO = "org/tiny-model"
 
 
 def _blob(n: int = 200_000, seed: int = 0) -> bytes:
     return np.random.RandomState(seed).bytes(n)
-
-
-@pytest.fixture
-def server(tmp_path, monkeypatch):
-    import huggingface_hub.constants
-
-    srv = WeightsServer()
-    monkeypatch.setenv("JAXVISION_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("HF_ENDPOINT", srv.url)
-    monkeypatch.setenv("JAXVISION_GCS_URL", srv.url)
-    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    for var in ("JAXVISION_OFFLINE", "HF_HUB_OFFLINE"):
-        monkeypatch.delenv(var, raising=False)
-    # huggingface_hub reads HF_HUB_OFFLINE once, at import.
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    yield srv
-    srv.close()
 
 
 def _gets(srv: WeightsServer, path: str) -> list[str]:

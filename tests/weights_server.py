@@ -5,12 +5,17 @@ reads (X-Repo-Commit, X-Linked-Etag = the LFS SHA-256, X-Linked-Size); bucket fi
 `/{bucket}/{path}` with an `x-goog-hash` MD5 like Cloud Storage. Both honour Range
 requests, and a path in `cut_once` sends only half its bytes on its first GET and then
 drops the connection, like an interrupted transfer (`cut_once[path]` bytes, default half).
+
+`served_weights` is the fixture the weights tests share; a test module takes it under its
+own name with `server = weights_server.served_weights`.
 """
 
 import base64
 import hashlib
 import http.server
 import threading
+
+import pytest
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -98,3 +103,22 @@ class WeightsServer:
             h.connection.shutdown(2)  # drop the connection mid-transfer
             return
         h.wfile.write(body)
+
+
+@pytest.fixture
+def served_weights(tmp_path, monkeypatch):
+    """A WeightsServer that the hub client and the bucket reader ask, online, with an empty
+    weights cache of the test's own."""
+    import huggingface_hub.constants
+
+    srv = WeightsServer()
+    monkeypatch.setenv("JAXVISION_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_ENDPOINT", srv.url)
+    monkeypatch.setenv("JAXVISION_GCS_URL", srv.url)
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for var in ("JAXVISION_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    yield srv
+    srv.close()
