@@ -79,9 +79,9 @@ class FakeGcs:
             "GCE_METADATA_HOST": "127.0.0.1:9",
             "GCE_METADATA_ROOT": "127.0.0.1:9",
             "GCE_METADATA_IP": "127.0.0.1:9",
-            # A failing request fails in seconds, not after TensorFlow's ten backoffs.
-            "GCS_RETRY_CONFIG_MAX_RETRIES": "2",
-            "GCS_RETRY_CONFIG_INIT_DELAY_TIME_US": "100000",
+            # TensorFlow allocates a read buffer of this size for every file it opens (64 MiB
+            # by default); the checkpoints here are a few KiB.
+            "GCS_READ_CACHE_BLOCK_SIZE_MB": "1",
         }
 
     def names(self, bucket: str, prefix: str = "") -> list[str]:
@@ -93,11 +93,6 @@ class FakeGcs:
         """One object's bytes (KeyError if absent)."""
         with self._lock:
             return self.objects[(bucket, name)][0]
-
-    def delete(self, bucket: str, name: str) -> None:
-        """Removes one object, as a process killed before writing it would have left it."""
-        with self._lock:
-            del self.objects[(bucket, name)]
 
     def close(self) -> None:
         """Stops serving."""
@@ -172,6 +167,17 @@ class FakeGcs:
         return result
 
 
+def _layout(bucket: str) -> dict:
+    """A flat (not hierarchical) regional bucket, like most."""
+    return {
+        "kind": "storage#storageLayout",
+        "bucket": bucket,
+        "location": "US-CENTRAL1",
+        "locationType": "region",
+        "hierarchicalNamespace": {"enabled": False},
+    }
+
+
 def _query(path: str) -> dict:
     return dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(path).query, keep_blank_values=True))
 
@@ -180,6 +186,9 @@ def _handler(server: FakeGcs):
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         tunnel_host = ""
+        # Headers and body leave in separate writes: without TCP_NODELAY each response
+        # would wait out the client's delayed ACK (40 ms).
+        disable_nagle_algorithm = True
 
         def log_message(self, *args):
             pass
@@ -202,6 +211,14 @@ def _handler(server: FakeGcs):
             self.wfile = tls.makefile("wb")
             self.tunnel_host = host
             self.close_connection = False
+
+        def handle_expect_100(self):
+            # The tunnel's file is buffered: without the flush libcurl waits a second for
+            # "100 Continue" before every upload.
+            self.send_response_only(100)
+            self.end_headers()
+            self.wfile.flush()
+            return True
 
         def _body(self) -> bytes:
             if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
@@ -248,10 +265,12 @@ def _handler(server: FakeGcs):
                 m = _OBJECT.match(path)
                 if m:
                     return self._object(method, m, query)
-                m = re.match(r"^/storage/v1/b/([^/]+)(/o)?/?$", path)
+                m = re.match(r"^/storage/v1/b/([^/]+)(/o|/storageLayout)?/?$", path)
                 if m and method == "GET":
-                    if m.group(2):
+                    if m.group(2) == "/o":
                         return self._json(200, server._list(m.group(1), query))
+                    if m.group(2):  # TensorFlow asks before renaming a directory
+                        return self._json(200, _layout(m.group(1)))
                     return self._json(200, {"kind": "storage#bucket", "name": m.group(1)})
             except PreconditionError as e:
                 return self._json(412, {"error": {"code": 412, "message": str(e)}})
