@@ -1,13 +1,15 @@
 """Checkpoints of the train state with Orbax, plus an integrity manifest of our own.
 
 Orbax saves asynchronously and finalises a step atomically (a step directory only appears
-once complete). Once a step is finalised process 0 writes `jaxvision_manifest.json` into
-it: the size and SHA-256 of every file, and which workdir saved it. Its files are checked
+once complete; on gs:// a step counts once Orbax wrote its `commit_success.txt` into it).
+Once a step is finalised process 0 writes `jaxvision_manifest.json` into it: the size and
+SHA-256 of every file, and which workdir saved it. Its files are checked
 against it before any restore.
 
 What this module deletes, and only while the run holds the workdir's lock: old steps that
 this workdir's runs saved and verified (keep-last-N, never the newest verified one), and
-Orbax's temporary directories of saves that were killed midway. It never deletes through
+Orbax's temporary directories of saves that were killed midway (on gs://, where a step is
+written in place, the step directories Orbax never committed). It never deletes through
 a symbolic link, a step another tool wrote, a step holding files it did not write, or a
 step it cannot verify: such a step is kept and reported, or moved aside as
 `checkpoints/_unverified_<step>`. Readers (`open_read_only`) never modify anything.
@@ -42,6 +44,8 @@ from jaxvision.steps import TrainState
 WORKDIR_ID = "jaxvision_workdir_id"
 UNVERIFIED_PREFIX = "_unverified_"
 _TMP_SUFFIX = ".orbax-checkpoint-tmp"
+# What Orbax writes last into a step saved in place (gs://), where renames are not atomic.
+_COMMIT_FILE = "commit_success.txt"
 
 
 class CheckpointError(RunFailure):
@@ -260,25 +264,44 @@ class Checkpoints:
         self._manager.reload()
 
     def _remove_tree(self, path: str) -> None:
-        """Deletes a directory this run owns; renamed first so a kill leaves no half step."""
+        """Deletes a step this run owns so that a kill midway never leaves a half step."""
         if _is_link(path):
             return
-        doomed = epath.Path(path).parent / f"_deleting_{epath.Path(path).name}"
-        epath.Path(path).rename(doomed)
+        step = epath.Path(path)
         if workdir_files.is_remote(path):
-            doomed.rmtree()
-        else:
-            shutil.rmtree(str(doomed))  # unlinks symbolic links inside, never follows them
+            # An object store renames by copying every object. Instead the step is
+            # uncommitted first, so a kill midway leaves what the next start removes as an
+            # unfinished save (or, killed between the two, an intact step it adopts again).
+            (step / MANIFEST).unlink(missing_ok=True)
+            (step / _COMMIT_FILE).unlink(missing_ok=True)
+            step.rmtree()
+            return
+        doomed = step.parent / f"_deleting_{step.name}"
+        step.rename(doomed)
+        shutil.rmtree(str(doomed))  # unlinks symbolic links inside, never follows them
+
+    def _unfinished_in_place(self, path: epath.Path) -> bool:
+        """Whether `path` is a step Orbax began writing in place and never committed: on
+        gs:// a step has no temporary name, it is finalised by `commit_success.txt`."""
+        return (
+            workdir_files.is_remote(self.directory)
+            and re.fullmatch(r"\d+", path.name) is not None
+            and not (path / _COMMIT_FILE).exists()
+            and not (path / MANIFEST).exists()
+        )
 
     def _remove_interrupted_saves(self) -> None:
         """Removes what killed saves of this workdir's runs left: Orbax temporary
-        directories and half-deleted old steps (only the lock holder calls this)."""
+        directories (on gs://, uncommitted steps) and half-deleted old steps (only the
+        lock holder calls this)."""
         root = epath.Path(self.directory)
         for path in root.iterdir():
             name = path.name
             temporary = re.fullmatch(r"\d+" + re.escape(_TMP_SUFFIX) + r".*", name)
             half_deleted = re.fullmatch(r"_deleting_\d+", name)
-            if not (temporary or half_deleted) or _is_link(str(path)):
+            if _is_link(str(path)):
+                continue
+            if not (temporary or half_deleted or self._unfinished_in_place(path)):
                 continue
             log.info("Removing %s, left by an interrupted save or clean-up.", path)
             if workdir_files.is_remote(str(path)):

@@ -110,6 +110,7 @@ def load(
     """Restores `workdir`'s chosen checkpoint; raises WorkdirError with the reason otherwise."""
     config = load_config(workdir)
     ckpt_dir = workdir_files.checkpoints_dir(workdir)
+    workdir_files.check_checkpoint_location(ckpt_dir)
     if not workdir_files.is_dir(ckpt_dir):
         # Checked before Orbax sees the path: its manager would create the directory.
         raise WorkdirError(

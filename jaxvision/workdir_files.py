@@ -8,6 +8,7 @@ Object stores cannot seek, lock or rename atomically, so the helpers write whole
 from memory and never rely on a file handle's position.
 """
 
+import importlib.util
 import io
 import os
 from collections.abc import Iterator
@@ -92,8 +93,9 @@ def read_bytes(path: str) -> bytes:
 def write_bytes(path: str, data: bytes) -> None:
     """Replaces the file's contents with `data` (creating its directory if needed)."""
     makedirs(os.path.dirname(str(path)))
-    if is_remote(path):
-        # Some gfile file systems (TensorFlow's ram://) append to a file opened for writing.
+    if is_remote(path) and not str(path).startswith(_CHECKPOINT_SCHEMES):
+        # Some gfile file systems (TensorFlow's ram://) append to a file opened for writing;
+        # Cloud Storage replaces the object whole, so there no reader ever finds it missing.
         remove(path)
     _path(path).write_bytes(data)
 
@@ -126,12 +128,26 @@ def checkpoints_dir(workdir: str) -> str:
     return join(absolute(workdir), CHECKPOINTS)
 
 
+def _has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ImportError:  # its parent package is missing
+        return False
+
+
 def check_checkpoint_location(directory: str) -> None:
-    """Raises ValueError (bad input, before compiling) for a URL Orbax cannot save to."""
+    """Raises ValueError (bad input, before compiling) for a URL Orbax cannot use."""
     if is_remote(directory) and not str(directory).startswith(_CHECKPOINT_SCHEMES):
         scheme = str(directory).split("://", 1)[0]
         raise ValueError(
             f"Checkpoints cannot be written to {directory}: Orbax saves arrays to local paths "
             f"(or mounted file systems) and gs:// only, not {scheme}://. Use a gs:// or a "
             "local/mounted --workdir."
+        )
+    # Orbax lists the steps of a gs:// directory after asking the bucket, through this
+    # client, whether it has a hierarchical namespace; without it every listing fails.
+    if str(directory).startswith("gs://") and not _has_module("google.cloud.storage"):
+        raise ValueError(
+            f"Checkpoints in {directory} need the google-cloud-storage package, which Orbax "
+            "uses on gs://: pip install 'jaxvision[gcs]' (or google-cloud-storage)."
         )
