@@ -58,7 +58,7 @@ def test_fine_tuning_from_mnist5k_beats_training_digits_from_scratch_at_50_steps
         runs[name] = os.path.join(scratch_dir(f"transfer_{name}"), "run")
         train.run(_recipe("digits", pretrained=pretrained), runs[name])
     finetuned, scratch = (_final_accuracy(runs[n]) for n in ("finetuned", "scratch"))
-    # Measured (configs/finetune.py, seeds 0-2): 0.967-0.987 fine-tuned, 0.923-0.940 scratch.
+    # Measured (configs/finetune.py, seeds 0-2): 0.960-0.980 fine-tuned, 0.930-0.953 scratch.
     assert finetuned > scratch + 0.01, (finetuned, scratch)
     assert finetuned > 0.94
 
