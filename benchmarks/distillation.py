@@ -34,7 +34,8 @@ def _run(config: str, workdir: str, *overrides: str) -> None:
 
 def _summary(workdir: str) -> dict:
     """Final eval accuracy, agreement and the median logged step time of a finished run."""
-    records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
     last = max(r["step"] for r in records)
     final = {k: v for r in records if r["step"] == last for k, v in r.items()}
     # The first logged window includes compilation.

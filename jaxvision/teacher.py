@@ -8,6 +8,7 @@ variables, and a resume with a different teacher is refused unless `distill.forc
 
 import dataclasses
 import hashlib
+import json
 from typing import Any
 
 import flax.linen as nn
@@ -17,7 +18,7 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
-from jaxvision import models, parallel
+from jaxvision import backend, models, parallel, workdir_files
 from jaxvision.exit_status import BadInputError
 
 
@@ -51,12 +52,13 @@ def _model_config(d: ml_collections.ConfigDict, resolved: Any) -> tuple[str, dic
     name = d.teacher_model.name
     given = {k: v for k, v in d.teacher_model.items() if k != "name"}
     if resolved.workdir is not None:
-        from jaxvision import workdir
-
-        saved = workdir.load_config(resolved.workdir).model
-        own = {k: v for k, v in saved.items() if k != "name"}
-        if not name or name == saved.name:
-            return saved.name, {**own, **given}
+        # Read here, not through `workdir` (which builds steps, and so imports this module).
+        path = workdir_files.join(resolved.workdir, "config.json")
+        saved = json.loads(workdir_files.read_text(path))["model"]
+        retired = ("name", *backend.RETIRED_MODEL_KEYS)
+        own = {k: v for k, v in saved.items() if k not in retired}
+        if not name or name == saved["name"]:
+            return saved["name"], {**own, **given}
     elif resolved.entry is not None and not name:
         name = resolved.entry.model
     if not name:
