@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import traverse_util as flax_traverse
 
 from jaxvision import (
     config as config_lib,
@@ -32,6 +33,7 @@ from jaxvision import (
 )
 from jaxvision import teacher as teacher_lib
 from jaxvision import workdir as workdir_lib
+from jaxvision.exit_status import BadInputError
 from tests.trained_runs import (
     NUM_CLASSES,
     REPO,
@@ -100,7 +102,7 @@ def test_deit_eval_output_is_the_mean_of_both_heads_and_plain_vits_are_unchanged
     x = jax.random.normal(jax.random.PRNGKey(0), (3, 16, 16, 3))
     plain = jax.eval_shape(_tiny_vit().init, jax.random.PRNGKey(1), x)["params"]
     deit_model = _tiny_vit(distill_token=True)
-    params = deit_model.init(jax.random.PRNGKey(1), x)["params"]
+    params = jax.jit(deit_model.init)(jax.random.PRNGKey(1), x)["params"]
     # Plain ViTs keep their tree; DeiT adds a token, its head and one position embedding.
     assert set(params) - set(plain) == {"dist", "head_dist"}
     shapes = jax.tree.map(np.shape, {k: params[k] for k in plain})
@@ -115,10 +117,11 @@ def test_deit_eval_output_is_the_mean_of_both_heads_and_plain_vits_are_unchanged
             "kernel": jax.random.normal(kk, params[name]["kernel"].shape),
             "bias": jax.random.normal(kb, params[name]["bias"].shape),
         }
-    both = deit_model.apply({"params": params}, x, heads=True)
+    apply = jax.jit(deit_model.apply, static_argnames=("train", "heads"))
+    both = apply({"params": params}, x, heads=True)
     assert both.shape == (3, 2, 5)
     assert not np.allclose(both[:, 0], both[:, 1])
-    logits = deit_model.apply({"params": params}, x, train=False)
+    logits = apply({"params": params}, x, train=False)
     np.testing.assert_allclose(logits, (both[:, 0] + both[:, 1]) / 2, rtol=1e-6, atol=1e-6)
 
 
@@ -253,6 +256,56 @@ def test_config_checks_the_distill_section():
         check(loss="soft", teacher=REPO, temperature=0.0)
     with pytest.raises(ValueError, match="needs a ViT student"):
         check(loss="deit", teacher=os.path.join(REPO, "pyproject.toml"))
+
+
+def _saved_cnn(path, num_classes):
+    model = models.create("cnn", num_classes=num_classes, features=[8], hidden=[16])
+    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))["params"]
+    flat = {"/".join(k): np.asarray(v) for k, v in flax_traverse.flatten_dict(params).items()}
+    np.savez(path, **flat)
+    return params
+
+
+def _file_teacher_config(path):
+    c = _soft_config()
+    c.distill.teacher = str(path)
+    c.distill.teacher_model = config_lib.model("cnn", features=[8], hidden=[16])
+    return c
+
+
+def test_a_weights_file_teacher_loads_with_a_checksum_of_its_weights(tmp_path):
+    params = _saved_cnn(tmp_path / "teacher.npz", NUM_CLASSES)
+    config = _file_teacher_config(tmp_path / "teacher.npz")
+    loaded = teacher_lib.load(config, NUM_CLASSES, (32, 32, 3))
+    assert loaded.image_size == 32 and loaded.source == str((tmp_path / "teacher.npz").resolve())
+    assert loaded.sha256 == teacher_lib.variables_sha256({"params": params})
+    changed = jax.tree.map(np.asarray, {"params": params})
+    changed["params"]["head"]["bias"] = changed["params"]["head"]["bias"] + 1.0
+    assert teacher_lib.variables_sha256(changed) != loaded.sha256
+
+
+def test_a_teacher_of_other_classes_is_refused_before_compiling(tmp_path):
+    _saved_cnn(tmp_path / "teacher.npz", 3)
+    with pytest.raises(BadInputError, match="predicts 3 classes"):
+        teacher_lib.load(_file_teacher_config(tmp_path / "teacher.npz"), NUM_CLASSES, (32, 32, 3))
+
+
+def test_resume_compares_the_teachers_checksum_and_the_loss_not_its_path():
+    config = _soft_config()
+    config.distill.teacher_resolved = "source=/a/teacher sha256=abc"
+    saved = train.config_record(config)
+    assert teacher_lib.resume_differences(saved, config) == []
+    config.distill.teacher_resolved = "source=/elsewhere sha256=abc"
+    assert teacher_lib.resume_differences(saved, config) == []
+    config.distill.teacher_resolved = "source=/a/teacher sha256=def"
+    assert [d.split(":")[0] for d in teacher_lib.resume_differences(saved, config)] == [
+        "distill.teacher"
+    ]
+    config.distill.teacher_resolved = "source=/a/teacher sha256=abc"
+    config.distill.loss = "hard"
+    assert [d.split(":")[0] for d in teacher_lib.resume_differences(saved, config)] == [
+        "distill.loss"
+    ]
 
 
 # --- On a distilled (DeiT) student's workdir, trained once and shared. -------------------------
