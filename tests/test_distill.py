@@ -354,25 +354,39 @@ def test_evaluate_predict_and_export_treat_a_deit_student_like_any_run():
     np.testing.assert_allclose(export.load_stablehlo(out)(x), expected, atol=1e-5)
 
 
-def test_resume_refuses_another_teacher_unless_forced(tmp_path):
-    wd = str(tmp_path / "student")
-    shutil.copytree(deit_student_workdir(), wd)
-    # The same weights at another path are the same teacher (the checksum is of the weights);
-    # the run is at its last step, so nothing trains.
-    same = str(tmp_path / "same_teacher")
-    shutil.copytree(cnn_workdir(), same)
-    assert "eval/teacher_accuracy" in train.run(deit_config(same, 40), wd)
-    # Another teacher: the shared CNN's run at step 100 instead of its best step.
+def _other_teacher(tmp_path) -> str:
+    """The shared CNN's run at step 100 instead of its best step: another teacher."""
     other = str(tmp_path / "other_teacher")
     shutil.copytree(cnn_workdir(), other)
     for step in ("200", "300"):
         shutil.rmtree(os.path.join(other, "checkpoints", step))
+    return other
+
+
+def test_resume_refuses_another_teacher(tmp_path):
+    wd = str(tmp_path / "student")
+    shutil.copytree(deit_student_workdir(), wd)
     with pytest.raises(ValueError, match="distilled from another teacher"):
-        train.run(deit_config(other, 40), wd)
-    forced = deit_config(other, 40)
+        train.run(deit_config(_other_teacher(tmp_path), 40), wd)
+
+
+@pytest.mark.slow
+def test_resume_takes_the_same_weights_elsewhere_and_another_teacher_when_forced(tmp_path):
+    wd = str(tmp_path / "student")
+    shutil.copytree(deit_student_workdir(), wd)
+    # The checksum is of the weights, so a copy is the same teacher; the run is at its last
+    # step, so nothing trains.
+    same = str(tmp_path / "same_teacher")
+    shutil.copytree(cnn_workdir(), same)
+    assert "eval/teacher_accuracy" in train.run(deit_config(same, 40), wd)
+    forced = deit_config(_other_teacher(tmp_path), 40)
     forced.unlock()
     forced.distill.force_teacher = True
     assert "eval/teacher_accuracy" in train.run(forced, wd)
+    with open(os.path.join(wd, "config.json")) as f:
+        assert json.load(f)["distill"]["teacher_resolved"].startswith(
+            f"source={forced.distill.teacher}"
+        )
 
 
 _LOSSES = """
@@ -384,6 +398,8 @@ c = deit_config(sys.argv[3], 12); c.unlock()
 c.distill.loss = "soft"; c.distill.temperature = 2.0
 c.model.dropout = 0.1; c.mixup.mixup_alpha = 0.5; c.log_every_steps = 1
 c.parallel.batch_branches = 0; c.parallel.cpu_devices = int(sys.argv[2])
+# FSDP shards the student's and the teacher's larger parameters over the devices.
+c.parallel.fsdp = sys.argv[4] == "fsdp"; c.parallel.fsdp_min_size = 256
 train.run(c, sys.argv[1])
 losses = [r["train/loss"] for r in map(json.loads, open(sys.argv[1] + "/metrics.jsonl"))
           if "train/loss" in r]
@@ -395,15 +411,17 @@ print(json.dumps({"devices": jax.device_count(), "losses": losses}))
 def test_one_and_four_devices_give_the_same_losses_with_a_teacher(tmp_path):
     teacher = cnn_workdir()
     losses = {}
-    for name, devices in (("one", 1), ("four", 4)):
+    for name, devices in (("one", 1), ("four", 4), ("four_fsdp", 4)):
         env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-        out = run_cli(["-c", _LOSSES, str(tmp_path / name), "0", teacher], env=env)
+        fsdp = "fsdp" if name.endswith("fsdp") else "replicated"
+        out = run_cli(["-c", _LOSSES, str(tmp_path / name), "0", teacher, fsdp], env=env)
         assert out.returncode == 0, out.stderr[-3000:]
         result = json.loads(out.stdout.strip().splitlines()[-1])
         assert result["devices"] == devices
         losses[name] = result["losses"]
     assert len(losses["one"]) == 12 and losses["one"][-1] != losses["one"][0]
     np.testing.assert_allclose(losses["four"], losses["one"], rtol=0, atol=1e-4)
+    np.testing.assert_allclose(losses["four_fsdp"], losses["one"], rtol=0, atol=1e-4)
 
 
 def _start(workdir, teacher):
