@@ -3,8 +3,9 @@
     nice -n 5 python benchmarks/distillation.py --root=/tmp/distill --seeds=0,1,2 \
         --out=benchmarks/results/distillation.jsonl
 
-Trains the quick-start CNN teacher once per seed, then per seed the configs/distill.py student
-alone, with `soft` and with `deit` distillation from the seed-0 teacher, one run at a time.
+Trains the quick-start CNN teacher, then per seed the configs/distill.py student alone, with
+`soft` and with `deit` distillation from that (first seed's) teacher, then the teacher with
+the other seeds for its own spread; one run at a time.
 Each run's final test accuracy, student-teacher agreement and median step time go into one
 JSON line; the table (mean, min-max over seeds) is printed at the end. The teacher's forward
 cost per step is measured twice: as the step-time difference between the distilled and the
@@ -20,6 +21,7 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)  # this checkout's jaxvision, as the runs' `python -m` from REPO use
 METHODS = ("alone", "soft", "deit")
 
 
@@ -100,17 +102,19 @@ def main() -> None:
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = []
-    for seed in seeds:
-        wd = os.path.join(args.root, f"teacher_s{seed}")
-        _run("configs/quickstart.py", wd, f"--config.seed={seed}")
-        rows.append({"method": "teacher", "seed": seed, **_summary(wd)})
     teacher = os.path.join(args.root, f"teacher_s{seeds[0]}")
+    _run("configs/quickstart.py", teacher, f"--config.seed={seeds[0]}")
     for seed in seeds:
         for method in args.methods.split(","):
             wd = os.path.join(args.root, f"{method}_s{seed}")
             extra = [] if method == "alone" else [f"--config.distill.teacher={teacher}"]
             _run(f"configs/distill.py:{method}", wd, f"--config.seed={seed}", *extra)
             rows.append({"method": method, "seed": seed, **_summary(wd)})
+    # The teacher's own spread over seeds (the students all learn from the first).
+    for seed in seeds:
+        wd = os.path.join(args.root, f"teacher_s{seed}")
+        _run("configs/quickstart.py", wd, f"--config.seed={seed}")
+        rows.append({"method": "teacher", "seed": seed, **_summary(wd)})
     forward = teacher_forward_ms(teacher, batch=128)
     rows.append({"method": "teacher_forward", "batch": 128, "forward_ms": forward})
     if args.out:
