@@ -9,15 +9,17 @@ import difflib
 
 import ml_collections
 
-# Keys under `model` other than `name` are passed to `jaxvision.models.create` as
-# overrides, so they are free-form (the model constructor rejects unknown ones).
-_FREE_FORM = ("model",)
+# Keys under `model` (and the teacher's `distill.teacher_model`) other than `name` are passed
+# to `jaxvision.models.create` as overrides, so they are free-form (the model constructor
+# rejects unknown ones).
+_FREE_FORM = ("model", "distill.teacher_model")
 
 OPTIMIZERS = ("sgd", "adamw", "lamb", "lion", "adafactor")
 SCHEDULES = ("cosine", "linear", "rsqrt", "step", "constant")
 LOSSES = ("softmax_xent", "sigmoid_xent")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 ON_NONFINITE = ("stop", "skip")
+DISTILL_LOSSES = ("none", "soft", "hard", "deit")
 
 
 def base() -> ml_collections.ConfigDict:
@@ -88,6 +90,7 @@ def base() -> ml_collections.ConfigDict:
     c.parallel.batch_branches = 0
 
     c.optimizer, c.schedule = _optimizer_section(), _schedule_section()
+    c.distill = _distill_section()
 
     c.log_every_steps = 50
     c.eval_every_steps = 500  # also at the end; 0 = only at the end
@@ -115,6 +118,25 @@ def _optimizer_section() -> ml_collections.ConfigDict:
     o.lr_multipliers = ()  # ((regex, multiplier), ...): first match wins
     o.ema_decay = 0.0  # > 0: keep, evaluate and checkpoint an EMA of the weights
     return o
+
+
+def _distill_section() -> ml_collections.ConfigDict:
+    """The `distill` section of `base()`: knowledge distillation from a frozen teacher."""
+    d = ml_collections.ConfigDict()
+    # "none" (off) | "soft" (KL to the teacher at `temperature`) | "hard" (teacher argmax as
+    # labels) | "deit" (a ViT student's distillation token and head on the teacher's argmax).
+    d.loss = "none"
+    # A jaxvision workdir, a catalog name, hf-hub:ORG/REPO[/FILE], a URL or a weights file.
+    d.teacher = ""
+    # The teacher's model name and overrides; name "" = the teacher workdir's or catalog
+    # entry's model.
+    d.teacher_model = model("")
+    d.teacher_image_size = 0  # 0 = the teacher model's image_size, else the student's
+    d.temperature = 1.0  # soft: both distributions at this temperature, the KL times T^2
+    d.weight = 0.5  # share of the teacher's term; the label loss gets 1 - weight
+    d.force_teacher = False  # resume even if the teacher (or the distill loss) changed
+    d.teacher_resolved = ""  # written by the run: the teacher's source and checksum
+    return d
 
 
 def _schedule_section() -> ml_collections.ConfigDict:
@@ -206,7 +228,7 @@ def check_keys(config: ml_collections.ConfigDict, reference=None, prefix: str = 
                 f"Known keys here: {', '.join(sorted(reference.keys()))}."
             )
         value, ref = config[key], reference[key]
-        if isinstance(ref, ml_collections.ConfigDict) and key not in _FREE_FORM:
+        if isinstance(ref, ml_collections.ConfigDict) and path not in _FREE_FORM:
             if not isinstance(value, ml_collections.ConfigDict):
                 raise ValueError(f"Config key {path!r} must be a section, got {value!r}.")
             check_keys(value, ref, prefix=f"{path}.")
@@ -269,6 +291,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_process
     cpu = config.parallel.cpu_devices
     _require(cpu >= 0, f"parallel.cpu_devices must be >= 0 (0 = JAX's default), got {cpu}.")
     _validate_optimization(config, num_devices)
+    _validate_distill(config)
     for key in ("log_every_steps", "checkpoint_every_steps"):
         _require(config[key] > 0, f"{key} must be positive, got {config[key]}.")
     _require(config.eval_every_steps >= 0, "eval_every_steps must be >= 0 (0 = only at the end).")
@@ -335,3 +358,38 @@ def _validate_optimization(config: ml_collections.ConfigDict, num_devices: int) 
         f"{config.batch_size} divisible by grad_accum_steps x batch_branches x devices "
         f"({k} x {b} x {num_devices}).",
     )
+
+
+def _validate_distill(config: ml_collections.ConfigDict) -> None:
+    """The `distill` section: a loss, a teacher source, a positive temperature, a weight."""
+    d = config.distill
+    _check_choice("distill.loss", d.loss, DISTILL_LOSSES)
+    if d.loss == "none":
+        return
+    _require(
+        bool(d.teacher),
+        f"distill.loss={d.loss!r} needs distill.teacher: a workdir, catalog name, "
+        "hf-hub:ORG/REPO[/FILE], URL or weights file.",
+    )
+    _require(d.temperature > 0, f"distill.temperature must be > 0, got {d.temperature}.")
+    _require(0 <= d.weight <= 1, f"distill.weight must be in [0, 1], got {d.weight}.")
+    _require(d.teacher_image_size >= 0, "distill.teacher_image_size must be >= 0 (0 = default).")
+    _require(
+        isinstance(d.teacher_model.get("name"), str),
+        "distill.teacher_model.name must be a model name string ('' = the teacher's own).",
+    )
+    from jaxvision.models import pretrained_source
+
+    pretrained_source.check_spec(d.teacher, d.teacher_model.name or None)
+    if d.loss == "deit":
+        from jaxvision import models
+
+        overrides = {k: v for k, v in config.model.items() if k != "name"}
+        try:
+            models.create(config.model.name, num_classes=1, **overrides, distill_token=True)
+        except (TypeError, ValueError) as e:
+            raise ValueError(
+                f"distill.loss='deit' needs a ViT student with pool='token' (a distillation "
+                f"token beside the class token); {config.model.name} cannot take one: {e}. "
+                "Use distill.loss='soft' or 'hard' for other models."
+            ) from e

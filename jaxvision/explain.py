@@ -76,7 +76,7 @@ def attention_rollout(
 ) -> jnp.ndarray:
     """Attention-rollout maps [N, H, W] in 0..1 for a ViT or hybrid."""
     _, features = model.apply(variables, images, train=False, return_features=True)
-    num_prefix = 1 if model.pool == "token" else 0
+    num_prefix = (2 if model.distill_token else 1) if model.pool == "token" else 0
     relevance = rollout(features["attention"], num_prefix_tokens=num_prefix)
     side = images.shape[1] // (model.patch_size * model.stem_stride)
     grid = relevance.reshape(relevance.shape[0], side, side)

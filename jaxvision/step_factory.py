@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from jaxvision import backend, models, optim, parallel, steps
+from jaxvision import backend, distill, models, optim, parallel, steps
+from jaxvision import teacher as teacher_lib
 
 
 def num_train_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> int:
@@ -33,6 +34,8 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Modu
     if config.compute_dtype == "bfloat16":
         # Parameters stay float32 (the master weights); activations and matmuls run in bf16.
         overrides.setdefault("dtype", jnp.bfloat16)
+    if config.distill.loss == "deit":
+        overrides["distill_token"] = True  # DeiT's second token and head (models/vit.py)
     return models.create(config.model.name, num_classes=num_classes, **overrides)
 
 
@@ -54,6 +57,8 @@ class Steps:
     eval_fns: dict[str, Callable]  # metric prefix -> (state, batch) -> sums
     infer_fn: Callable  # (state, images) -> eval-mode logits
     train_branches: int  # slices of the batch the backend runs the train step over
+    # With a teacher: (state, batch) -> sums of student-teacher agreement, teacher correct.
+    teacher_eval_fn: Callable | None = None
 
 
 def build(
@@ -66,11 +71,13 @@ def build(
     steps_per_epoch: float | None = None,
     mesh: Any = None,
     train_step: Callable = steps.train_step,
+    teacher: teacher_lib.Teacher | None = None,
 ) -> Steps:
     """Builds `config`'s model, optimizer, shardings and jitted init/train/eval steps.
 
     The run length comes from `total_steps`, else from `num_train_examples`; the schedule's
     epochs from `steps_per_epoch`, else from `num_train_examples`. Nothing is compiled yet.
+    With a `teacher`, `train_step` distils from it (`config.distill`; `distill.train_step`).
     """
     if total_steps is None:
         total_steps = num_train_steps(config, num_train_examples or 0)
@@ -95,19 +102,25 @@ def build(
         has_batch_norm=has_bn,
         examples=examples,
     )
-    train_fn = backend.jit(
-        functools.partial(
-            train_step,
-            model=model,
-            tx=tx,
-            learning_rate_fn=lr_fn,
-            options=steps.StepOptions.from_config(config),
-            loss_transform=loss_transform,
-        ),
-        in_shardings=(state_sharding, batch_sharding),
-        out_shardings=(state_sharding, replicated),
-        donate_argnums=0,
+    step_kwargs = dict(
+        model=model,
+        tx=tx,
+        learning_rate_fn=lr_fn,
+        options=steps.StepOptions.from_config(config),
+        loss_transform=loss_transform,
     )
+    teacher_eval_fn = None
+    if teacher is None:
+        train_fn = backend.jit(
+            functools.partial(train_step, **step_kwargs),
+            in_shardings=(state_sharding, batch_sharding),
+            out_shardings=(state_sharding, replicated),
+            donate_argnums=0,
+        )
+    else:
+        train_fn, teacher_eval_fn = _with_teacher(
+            config, teacher, mesh, train_step, step_kwargs, state_sharding, batch_sharding
+        )
     eval_fns = {}
     for prefix, use_ema in (("eval", False), ("eval_ema", True)):
         if use_ema and config.optimizer.ema_decay <= 0:
@@ -149,4 +162,50 @@ def build(
         eval_fns=eval_fns,
         infer_fn=backend.jit(infer, in_shardings=(state_sharding, batch_sharding)),
         train_branches=branches,
+        teacher_eval_fn=teacher_eval_fn,
     )
+
+
+def _with_teacher(
+    config: ml_collections.ConfigDict,
+    teacher: teacher_lib.Teacher,
+    mesh: Any,
+    train_step: Callable,
+    step_kwargs: dict[str, Any],
+    state_sharding: Any,
+    batch_sharding: Any,
+) -> tuple[Callable, Callable]:
+    """The train step and agreement eval with the teacher's variables as a sharded argument."""
+    variables, sharding = teacher_lib.place(teacher.variables, config, mesh)
+    replicated = parallel.replicated(mesh)
+    on_teacher = dict(teacher_model=teacher.model, image_size=teacher.image_size)
+    jitted = backend.jit(
+        functools.partial(
+            distill.train_step,
+            distill=distill.DistillOptions.from_config(config),
+            forward=backend.forward,
+            base_step=train_step,
+            **on_teacher,
+            **step_kwargs,
+        ),
+        in_shardings=(state_sharding, batch_sharding, sharding),
+        out_shardings=(state_sharding, replicated),
+        donate_argnums=0,
+    )
+    eval_jitted = backend.jit(
+        functools.partial(
+            distill.eval_step, model=step_kwargs["model"], forward=backend.forward, **on_teacher
+        ),
+        in_shardings=(state_sharding, batch_sharding, sharding),
+        out_shardings=replicated,
+    )
+
+    def train_fn(state, batch):
+        return jitted(state, batch, variables)
+
+    train_fn.lower = lambda state, batch: jitted.lower(state, batch, variables)  # benchmark
+
+    def teacher_eval_fn(state, batch):
+        return eval_jitted(state, batch, variables)
+
+    return train_fn, teacher_eval_fn

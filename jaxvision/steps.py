@@ -57,6 +57,21 @@ class StepOptions:
 
 # (params, batch_stats, batch, rng) -> (mean loss, (accuracy, new batch_stats))
 LossFn = Callable[[Any, Any, dict, jax.Array], tuple[jax.Array, tuple[jax.Array, Any]]]
+# (the model's train-mode output, batch) -> (per-example loss [N], logits [N, K] for accuracy)
+ExampleLoss = Callable[[jax.Array, dict], tuple[jax.Array, jax.Array]]
+
+
+@dataclasses.dataclass(frozen=True)
+class LossHook:
+    """How an extension (a teacher) changes the train loss without a second train step.
+
+    `prepare` adds per-example inputs (e.g. teacher logits) to the augmented, mixed batch;
+    `example_loss` scores the model's output, called with `apply_kwargs`, against it.
+    """
+
+    prepare: Callable[[dict], dict]
+    example_loss: ExampleLoss
+    apply_kwargs: tuple[tuple[str, Any], ...] = ()
 
 
 def init_state(
@@ -97,12 +112,19 @@ def _micro_batches(batch: dict[str, jax.Array], k: int) -> dict[str, jax.Array]:
     return jax.tree.map(lambda x: x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1), batch)
 
 
-def batch_loss(model: nn.Module, loss: str) -> LossFn:
+def batch_loss(model: nn.Module, loss: str, hook: LossHook | None = None) -> LossFn:
     """The mean weighted loss of `model` on a batch, with accuracy and new BatchNorm stats.
 
     Dropout and drop-path draw each example's masks from `rng` and the example's global
-    index (`batch["index"]`), so any split of the batch sees the same masks.
+    index (`batch["index"]`), so any split of the batch sees the same masks. `hook`
+    replaces the per-example loss (distillation).
     """
+
+    def label_loss(logits, batch):
+        return example_losses(logits, batch["target"], loss), logits
+
+    example_loss = hook.example_loss if hook else label_loss
+    apply_kwargs = dict(hook.apply_kwargs) if hook else {}
 
     def loss_fn(params, batch_stats, batch, rng):
         has_bn = bool(batch_stats)
@@ -113,9 +135,11 @@ def batch_loss(model: nn.Module, loss: str) -> LossFn:
             example_index=batch["index"],
             rngs={"dropout": rng},
             mutable=["batch_stats"] if has_bn else False,
+            **apply_kwargs,
         )
-        logits, updates = out if has_bn else (out, {})
-        losses = example_losses(logits, batch["target"], loss) * batch["weight"]
+        out, updates = out if has_bn else (out, {})
+        losses, logits = example_loss(out, batch)
+        losses = losses * batch["weight"]
         correct = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
         return jnp.mean(losses), (correct, updates.get("batch_stats", batch_stats))
 
@@ -153,11 +177,13 @@ def train_step(
     learning_rate_fn: optax.Schedule,
     options: StepOptions = StepOptions(),
     loss_transform: Callable[[LossFn], LossFn] | None = None,
+    loss_hook: LossHook | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step on a global batch; returns the new state and scalar metrics.
 
     `loss_transform` maps the per-(micro-)batch loss function to one with the same
     signature and value, e.g. one that evaluates it over slices of the batch.
+    `loss_hook` adds inputs to the augmented batch and replaces the per-example loss.
     """
     dropout_rng, mix_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
     images, labels = batch["image"], batch["label"]
@@ -183,7 +209,9 @@ def train_step(
         "weight": weight,
         "index": index,
     }
-    loss_fn = batch_loss(model, options.loss)
+    if loss_hook is not None:
+        prepared = loss_hook.prepare(prepared)
+    loss_fn = batch_loss(model, options.loss, loss_hook)
     if loss_transform is not None:
         loss_fn = loss_transform(loss_fn)
     loss, accuracy, batch_stats, grads = _grads(

@@ -23,6 +23,7 @@ from jaxvision import (
     writers,
 )
 from jaxvision import config as config_lib
+from jaxvision import teacher as teacher_lib
 from jaxvision.console import log
 from jaxvision.exit_status import Preempted, RunFailure
 from jaxvision.workdir_lock import WorkdirLock
@@ -127,15 +128,22 @@ class _Setup:
     reinit_fn: Any  # (state, params, batch_stats) -> state with fresh optimizer state
     train_fn: Any
     eval_fns: dict[str, Any]  # metric prefix -> jitted eval step
+    teacher_eval_fn: Any = None  # distillation: student-teacher agreement sums
 
 
 def _build(config: ml_collections.ConfigDict) -> _Setup:
     info = _prepare_data(config)
+    teacher = None
+    if config.distill.loss != "none":
+        teacher = teacher_lib.load(config, info.num_classes, info.image_shape)
+        config = teacher_lib.with_record(config, teacher)
+        log.info("Teacher %s from %s.", teacher.model.__class__.__name__, teacher.record())
     built = step_factory.build(
         config,
         num_classes=info.num_classes,
         image_shape=info.image_shape,
         num_train_examples=info.num_train,
+        teacher=teacher,
     )
     return _Setup(
         config,
@@ -148,6 +156,7 @@ def _build(config: ml_collections.ConfigDict) -> _Setup:
         built.reinit_fn,
         built.train_fn,
         built.eval_fns,
+        built.teacher_eval_fn,
     )
 
 
@@ -170,6 +179,15 @@ def _restore_or_init(
             )
         if diffs:
             log.warning("Resuming despite config changes: %s", "; ".join(diffs))
+        taught = teacher_lib.resume_differences(saved, s.config) if saved else []
+        if taught and not s.config.distill.force_teacher:
+            raise ValueError(
+                f"{workdir} was distilled from another teacher or loss:\n  "
+                + "\n  ".join(taught)
+                + "\nUse a fresh --workdir, or --config.distill.force_teacher=True to resume."
+            )
+        if taught:
+            log.warning("Resuming with another teacher: %s", "; ".join(taught))
     restored = ckpts.restore_latest(s.abstract_state)
     if restored is None:
         state = s.init_fn()
@@ -314,8 +332,19 @@ class _Loop:
             accuracy = result[f"{prefix}/accuracy"]
             if self.best is None or accuracy > self.best[0]:
                 self.best = (accuracy, step)
+        if self.s.teacher_eval_fn is not None:
+            self.teacher_metrics(state, step, eval_data, "eval/teacher_agreement")
         if self.s.config.evals:
             self.writer.write(step, self._feature_evals(state))
+
+    def teacher_metrics(self, state, step: int, eval_data, key: str) -> None:
+        """Logs `key` (student-teacher agreement, or the teacher's own eval accuracy)."""
+        from jaxvision import distill
+
+        value = distill.evaluate(self.s.teacher_eval_fn, state, eval_data)[key]
+        self.writer.write(step, {key: value})
+        self.final[key] = value
+        log.info("step %d: %s %.4f", step, key, value)
 
     def _feature_evals(self, state) -> dict[str, float]:
         """`config.evals`: linear probe / k-shot accuracy of the current frozen features."""
@@ -369,6 +398,8 @@ def _train(s: _Setup, state, loop: _Loop, stop: _StopRequest) -> tuple[Any, int]
     eval_data = data.eval_batches(config, s.info, s.mesh)
     batches = data.train_batches(config, s.info, s.mesh, loop.start_step)
     step = loop.start_step
+    if s.teacher_eval_fn is not None:  # once at the start: what the teacher itself scores
+        loop.teacher_metrics(state, step, eval_data, "eval/teacher_accuracy")
     for step in range(loop.start_step + 1, s.total_steps + 1):
         state, metrics = s.train_fn(state, next(batches))
         loop.pending.append((step, metrics))
@@ -410,7 +441,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     s = _build(config)
     workdir_files.makedirs(workdir)
     with _workdir_lock(workdir):
-        return _run_locked(s, config, workdir)
+        return _run_locked(s, s.config, workdir)
 
 
 def _run_locked(s: _Setup, config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -448,5 +479,5 @@ def _run_locked(s: _Setup, config: ml_collections.ConfigDict, workdir: str) -> d
     # Imported here: plotting libraries load only at the very end.
     from jaxvision.evaluate import after_training
 
-    after_training(workdir, config, s.info, s.model, state)
+    after_training(workdir, s.config, s.info, s.model, state)
     return result

@@ -99,3 +99,24 @@ def mnist_cnn_workdir() -> str:
     config.dataset.num_classes = 10
     config.lock()
     return _train("mnist_cnn", config)
+
+
+def deit_config(teacher: str, steps: int):
+    """A 1-block DeiT student (distillation token) on 32px `shapes`, taught by `teacher`."""
+    model = config_lib.model(
+        "vit_ti8", depth=1, hidden_size=32, num_heads=2, mlp_dim=64, image_size=32
+    )
+    config = smoke_config(model, steps)
+    config.unlock()
+    config.distill.loss = "deit"
+    config.distill.teacher = teacher
+    config.eval_every_steps = 20
+    config.checkpoint_every_steps = 20
+    config.lock()
+    return config
+
+
+@functools.cache
+def deit_student_workdir() -> str:
+    """A DeiT student distilled for 40 steps from `cnn_workdir()` (the shared teacher)."""
+    return _train("deit_student", deit_config(cnn_workdir(), 40))

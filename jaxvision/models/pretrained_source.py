@@ -236,6 +236,11 @@ def create(
     return model, load(resolved, model)
 
 
+def num_classes_of(resolved: ResolvedWeights) -> int:
+    """The class count of the resolved weights' classifier head (catalog entry, file or workdir)."""
+    return resolved.entry.num_classes if resolved.entry is not None else _file_classes(resolved)
+
+
 def _file_classes(resolved: ResolvedWeights) -> int:
     """The head width of a weights file or workdir, so its head is kept."""
     if resolved.workdir is not None:

@@ -5,6 +5,10 @@ The parameter tree matches the published .npz checkpoints 1:1: `embedding`, `cls
 `head`, and for hybrids the BiT params (`conv_root`, `gn_root`, `block{s}/unit{u}`) at the
 top level. With `scan=True` the blocks live in `Transformer/encoderblock` with a leading
 [depth] axis, which compiles once per block instead of once per layer.
+
+With `distill_token=True` (DeiT, Touvron et al. 2021) a second learned token `dist` follows
+`cls` and has its own head `head_dist`; the model's logits are the mean of both heads, and
+`heads=True` returns them stacked [N, 2, K] (class head, distillation head) for training.
 """
 
 from collections.abc import Sequence
@@ -189,6 +193,7 @@ class VisionTransformer(nn.Module):
     resnet_width: int = 64
     # tanh GELU as in the published JAX checkpoints; False: exact erf GELU, as timm weights need.
     gelu_approximate: bool = True
+    distill_token: bool = False  # DeiT: a distillation token and head (module docstring)
     dtype: Dtype = jnp.float32
 
     def __post_init__(self) -> None:
@@ -198,6 +203,8 @@ class VisionTransformer(nn.Module):
     def _validate(self) -> None:
         if self.pool not in POOLS:
             raise ValueError(f"pool={self.pool!r} is not one of {POOLS}.")
+        if self.distill_token and self.pool != "token":
+            raise ValueError(f"distill_token=True needs pool='token', got pool={self.pool!r}.")
         if self.posemb not in POSEMBS:
             raise ValueError(f"posemb={self.posemb!r} is not one of {POSEMBS}.")
         if self.posemb == "sincos2d" and self.hidden_size % 4:
@@ -245,8 +252,11 @@ class VisionTransformer(nn.Module):
         train: bool = False,
         return_features: bool = False,
         example_index: jnp.ndarray | None = None,
+        heads: bool = False,
     ) -> jnp.ndarray | tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
         """Maps images [N, H, W, C] to fp32 logits [N, num_classes] (and features if asked).
+
+        `heads` (with `distill_token` only): both heads' logits [N, 2, num_classes].
 
         `example_index` [N]: each example's index in the global batch, which its dropout
         and drop-path masks are drawn from (default: its position in `x`).
@@ -280,7 +290,11 @@ class VisionTransformer(nn.Module):
             x = x + jnp.asarray(posemb_sincos_2d(h, w, d), self.dtype)
         if self.pool == "token":
             cls = self.param("cls", nn.initializers.zeros, (1, 1, d), jnp.float32)
-            x = jnp.concatenate([jnp.tile(cls.astype(x.dtype), [n, 1, 1]), x], axis=1)
+            prefix = [cls]
+            if self.distill_token:
+                prefix.append(self.param("dist", nn.initializers.zeros, (1, 1, d), jnp.float32))
+            prefix = jnp.concatenate(prefix, axis=1).astype(x.dtype)
+            x = jnp.concatenate([jnp.tile(prefix, [n, 1, 1]), x], axis=1)
 
         tokens, attention = Encoder(
             depth=self.depth,
@@ -310,10 +324,25 @@ class VisionTransformer(nn.Module):
                 name="MAPHead_0",
             )(tokens)
         if self.representation_size is not None:
-            x = nn.tanh(nn.Dense(self.representation_size, dtype=self.dtype, name="pre_logits")(x))
+            pre_logits = nn.Dense(self.representation_size, dtype=self.dtype, name="pre_logits")
+            x = nn.tanh(pre_logits(x))
         # Zero head: fine-tuning starts from uniform predictions (reference ViT recipe).
         features = {"tokens": tokens, "attention": attention} if return_features else None
-        return classifier_output(x, self.num_classes, self.dtype, features, zero_head=True)
+        out = classifier_output(x, self.num_classes, self.dtype, features, zero_head=True)
+        if not self.distill_token:
+            return out
+        dist = tokens[:, 1]
+        if self.representation_size is not None:
+            dist = nn.tanh(pre_logits(dist))
+        zeros = nn.initializers.zeros
+        head_dist = nn.Dense(
+            self.num_classes, dtype=self.dtype, kernel_init=zeros, bias_init=zeros, name="head_dist"
+        )
+        logits = out[0] if return_features else out
+        both = jnp.stack([logits, head_dist(dist).astype(jnp.float32)], axis=1)
+        if heads:
+            return (both, out[1]) if return_features else both
+        return (both.mean(axis=1), out[1]) if return_features else both.mean(axis=1)
 
 
 def _register_vits() -> None:
