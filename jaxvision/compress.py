@@ -135,9 +135,7 @@ def compress(
     os.makedirs(out, exist_ok=True)
     _write_workdir(out, config, src.info, final, step, masks)
     batch_stats = variables.get("batch_stats", {})
-    bytes_compressed = storage.write(
-        os.path.join(out, "weights.npz"), stored, batch_stats, sparse=prune is not None
-    )
+    bytes_compressed = storage.write(os.path.join(out, "weights.npz"), stored, batch_stats)
     result = _measure(src, final, stored, int8, speed_rounds, speed_calls)
     result.update(
         method=name,

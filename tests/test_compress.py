@@ -264,3 +264,45 @@ def test_evaluate_reads_a_compressed_workdir(compressed_dir):
     report = evaluate.evaluate_workdir(compressed_dir)
     with open(os.path.join(compressed_dir, "compression.json")) as f:
         assert report["accuracy"] == pytest.approx(json.load(f)["compressed_top1"], abs=1e-9)
+
+
+@pytest.mark.slow
+def test_a_fine_tune_killed_mid_way_resumes_to_the_same_compressed_weights():
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.trained_runs import REPO
+
+    source = mnist_cnn_workdir()
+    root = scratch_dir("killed")
+
+    def start(out):
+        args = [f"--workdir={source}", "--method=prune:0.5", f"--out={out}"]
+        return subprocess.Popen(
+            [sys.executable, "-m", "jaxvision.compress", *args, "--finetune_steps=40"],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    ref, cut = os.path.join(root, "ref"), os.path.join(root, "cut")
+    reference = start(ref)
+    _, stderr = reference.communicate(timeout=900)
+    assert reference.returncode == 0, stderr[-3000:]
+    interrupted = start(cut)
+    step_20 = os.path.join(cut, "finetune", "checkpoints", "20")
+    deadline = time.time() + 600
+    while time.time() < deadline and not os.path.isdir(step_20):
+        time.sleep(0.05)
+    interrupted.send_signal(signal.SIGKILL)
+    interrupted.communicate()
+    assert not os.path.exists(os.path.join(cut, "compression.json"))
+    resumed = start(cut)
+    _, stderr = resumed.communicate(timeout=900)
+    assert resumed.returncode == 0, stderr[-3000:]
+    a, b = workdir_lib.load(ref), workdir_lib.load(cut)
+    for x, y in zip(jax.tree.leaves(a.variables), jax.tree.leaves(b.variables), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

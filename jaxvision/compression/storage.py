@@ -1,6 +1,6 @@
-"""The compressed weight file: int8 kernels with their scales, pruned kernels as a bitmask
-plus their non-zero values, everything else float32; an uncompressed `.npz`, so its size
-on disk is the real parameter size."""
+"""The compressed weight file: int8 kernels with their scales, sparse kernels as a bitmask
+plus their non-zero values (when that is smaller), everything else float32; an
+uncompressed `.npz`, so its size on disk is the real parameter size."""
 
 from typing import Any
 
@@ -16,9 +16,16 @@ def _flat(tree: Any, prefix: str) -> list[tuple[str, tuple, Any]]:
     return [(f"{prefix}/{kernels.layer_name(p)}", p, x) for p, x in leaves]
 
 
-def encode(params: Any, batch_stats: Any, *, sparse: bool) -> dict[str, np.ndarray]:
+def _sparse_is_smaller(values: np.ndarray) -> bool:
+    """Whether a bitmask plus the non-zero values takes fewer bytes than the dense array."""
+    nonzero = int(np.count_nonzero(values))
+    return (values.size + 7) // 8 + nonzero * values.itemsize < values.nbytes
+
+
+def encode(params: Any, batch_stats: Any, *, sparse: bool = True) -> dict[str, np.ndarray]:
     """The arrays of the weight file. `params` may hold int8 kernels (`quantize_kernels`);
-    with `sparse`, kernels are stored as a bitmask of non-zeros plus those values."""
+    with `sparse`, a kernel is stored as a bitmask of non-zeros plus those values when
+    that is smaller."""
     arrays = {}
     for name, path, leaf in _flat(params, "params") + _flat(batch_stats or {}, "batch_stats"):
         if quantize.is_quantized(leaf):
@@ -27,7 +34,7 @@ def encode(params: Any, batch_stats: Any, *, sparse: bool) -> dict[str, np.ndarr
         else:
             values = np.asarray(leaf)
         is_kernel = kernels.output_axes(path, values.shape) is not None
-        if sparse and is_kernel and name.startswith("params/"):
+        if sparse and is_kernel and name.startswith("params/") and _sparse_is_smaller(values):
             nonzero = values != 0
             arrays[f"{name}.shape"] = np.asarray(values.shape, np.int64)
             arrays[f"{name}.bits"] = np.packbits(nonzero.ravel())
@@ -37,7 +44,7 @@ def encode(params: Any, batch_stats: Any, *, sparse: bool) -> dict[str, np.ndarr
     return arrays
 
 
-def write(path: str, params: Any, batch_stats: Any, *, sparse: bool) -> int:
+def write(path: str, params: Any, batch_stats: Any, *, sparse: bool = True) -> int:
     """Writes the weight file; returns its size in bytes."""
     import os
 
