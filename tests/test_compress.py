@@ -306,3 +306,25 @@ def test_a_fine_tune_killed_mid_way_resumes_to_the_same_compressed_weights():
     a, b = workdir_lib.load(ref), workdir_lib.load(cut)
     for x, y in zip(jax.tree.leaves(a.variables), jax.tree.leaves(b.variables), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "named"),
+    [
+        ("structure", "4:2", "pruning.structure"),
+        ("sparsity", 1.0, "pruning.sparsity"),
+        ("every_steps", 0, "pruning.every_steps"),
+    ],
+)
+def test_a_bad_pruning_config_fails_naming_the_key(key, value, named):
+    config = config_lib.base()
+    config.pruning[key] = value
+    with pytest.raises(ValueError, match=named):
+        config_lib.validate(config, num_devices=1, num_processes=1)
+
+
+def test_n_m_structure_with_a_sparsity_too_is_refused():
+    config = config_lib.base()
+    config.pruning.structure, config.pruning.sparsity = "2:4", 0.5
+    with pytest.raises(ValueError, match=r"leave pruning\.sparsity at 0"):
+        config_lib.validate(config, num_devices=1, num_processes=1)
