@@ -91,6 +91,7 @@ def base() -> ml_collections.ConfigDict:
 
     c.optimizer, c.schedule = _optimizer_section(), _schedule_section()
     c.distill = _distill_section()
+    c.pruning = _pruning_section()
 
     c.log_every_steps = 50
     c.eval_every_steps = 500  # also at the end; 0 = only at the end
@@ -151,6 +152,17 @@ def _schedule_section() -> ml_collections.ConfigDict:
     s.boundaries_epochs = ()  # step: ... or at these epochs
     s.decay_factor = 0.1  # step
     return s
+
+
+def _pruning_section() -> ml_collections.ConfigDict:
+    """The `pruning` section of `base()`: magnitude pruning during training (off by default)."""
+    p = ml_collections.ConfigDict()
+    p.sparsity = 0.0  # share of conv/dense/attention kernel weights set to zero; 0 = off
+    p.structure = "unstructured"  # global magnitude, or "N:M" (e.g. "2:4") over the inputs
+    p.start_step = 0  # masks are set at this step (one-shot) ...
+    p.end_step = 0  # ... or, if larger, sparsity rises on the cubic schedule until this step
+    p.every_steps = 100  # gradual: how often the masks are recomputed
+    return p
 
 
 def model(name: str, **overrides: object) -> ml_collections.ConfigDict:
@@ -292,6 +304,9 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_process
     _require(cpu >= 0, f"parallel.cpu_devices must be >= 0 (0 = JAX's default), got {cpu}.")
     _validate_optimization(config, num_devices)
     _validate_distill(config)
+    from jaxvision.compression import pruning
+
+    pruning.check_config(config.pruning)
     for key in ("log_every_steps", "checkpoint_every_steps"):
         _require(config[key] > 0, f"{key} must be positive, got {config[key]}.")
     _require(config.eval_every_steps >= 0, "eval_every_steps must be >= 0 (0 = only at the end).")

@@ -19,6 +19,7 @@ import optax
 
 from jaxvision import backend, distill, models, optim, parallel, steps
 from jaxvision import teacher as teacher_lib
+from jaxvision.compression import pruning
 
 
 def num_train_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> int:
@@ -85,6 +86,9 @@ def build(
         steps_per_epoch = num_train_examples / config.batch_size
     model = backend.tune_model(create_model(config, num_classes))
     tx = optim.build(config, total_steps, steps_per_epoch=steps_per_epoch)  # bad schedules fail
+    if pruning.enabled(config.pruning):
+        # Last in the chain: masked weights stay exactly zero whatever the optimizer does.
+        tx = optax.chain(tx, pruning.keep_pruned(pruning.Schedule.from_config(config.pruning)))
     lr_fn = optim.learning_rate_schedule(config, total_steps, steps_per_epoch=steps_per_epoch)
     mesh = mesh or parallel.make_mesh()
     init = functools.partial(steps.init_state, model, tx, config.seed, tuple(image_shape))

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from jaxvision import command_line, evaluate, exit_status, export, predict
+from jaxvision import command_line, compress, evaluate, exit_status, export, predict
 from jaxvision.models import __main__ as models_main
 from tests.trained_runs import REPO, run_cli
 
@@ -25,6 +25,7 @@ ENTRY_POINTS = {
     "jaxvision.predict": {"workdir", "checkpoint", "ema", "top_k", "explain", "overwrite"},
     "jaxvision.export": {"workdir", "checkpoint", "ema", "format", "out"},
     "jaxvision.benchmark": {"config", "what", "steps", "warmup"},
+    "jaxvision.compress": {"workdir", "method", "out", "finetune_steps", "finetune_learning_rate"},
     "jaxvision.data.benchmark": {"config", "warmup", "batches"},
     "jaxvision.models": {"image_size", "num_classes"},
 }
@@ -35,6 +36,7 @@ IN_PROCESS = {
     "jaxvision.evaluate": evaluate.main,
     "jaxvision.predict": predict.main,
     "jaxvision.export": export.main,
+    "jaxvision.compress": compress.main,
     "jaxvision.models": models_main.main,
 }
 

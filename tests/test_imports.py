@@ -11,6 +11,7 @@ ENTRY_POINTS = {
     "jaxvision.predict",
     "jaxvision.export",
     "jaxvision.benchmark",
+    "jaxvision.compress",
 }
 
 

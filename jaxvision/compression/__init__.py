@@ -1,0 +1,7 @@
+"""Model compression: magnitude pruning (unstructured and N:M) and int8 weight quantization.
+
+`methods` parses the `--method` strings, `kernels` says which parameters are compressed and
+along which axes, `pruning` builds masks and the mask-keeping optimizer transform,
+`quantize` the per-output-channel int8 weights, `storage` the compressed weight file and
+`report` the accuracy, agreement, size and speed of a compressed model.
+"""

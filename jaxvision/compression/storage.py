@@ -1,0 +1,82 @@
+"""The compressed weight file: int8 kernels with their scales, sparse kernels as a bitmask
+plus their non-zero values (when that is smaller), everything else float32; an
+uncompressed `.npz`, so its size on disk is the real parameter size."""
+
+from typing import Any
+
+import jax
+import numpy as np
+import qwix
+
+from jaxvision.compression import kernels, quantize
+
+
+def _flat(tree: Any, prefix: str) -> list[tuple[str, tuple, Any]]:
+    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=quantize.is_quantized)[0]
+    return [(f"{prefix}/{kernels.layer_name(p)}", p, x) for p, x in leaves]
+
+
+def _sparse_is_smaller(values: np.ndarray) -> bool:
+    """Whether a bitmask plus the non-zero values takes fewer bytes than the dense array."""
+    nonzero = int(np.count_nonzero(values))
+    return (values.size + 7) // 8 + nonzero * values.itemsize < values.nbytes
+
+
+def encode(params: Any, batch_stats: Any, *, sparse: bool = True) -> dict[str, np.ndarray]:
+    """The arrays of the weight file. `params` may hold int8 kernels (`quantize_kernels`);
+    with `sparse`, a kernel is stored as a bitmask of non-zeros plus those values when
+    that is smaller."""
+    arrays = {}
+    for name, path, leaf in _flat(params, "params") + _flat(batch_stats or {}, "batch_stats"):
+        if quantize.is_quantized(leaf):
+            values = np.asarray(leaf.qvalue)
+            arrays[f"{name}.scale"] = np.asarray(leaf.scale)
+        else:
+            values = np.asarray(leaf)
+        is_kernel = kernels.output_axes(path, values.shape) is not None
+        if sparse and is_kernel and name.startswith("params/") and _sparse_is_smaller(values):
+            nonzero = values != 0
+            arrays[f"{name}.shape"] = np.asarray(values.shape, np.int64)
+            arrays[f"{name}.bits"] = np.packbits(nonzero.ravel())
+            arrays[f"{name}.values"] = values[nonzero]
+        else:
+            arrays[f"{name}.values"] = values
+    return arrays
+
+
+def write(path: str, params: Any, batch_stats: Any, *, sparse: bool = True) -> int:
+    """Writes the weight file; returns its size in bytes."""
+    import os
+
+    with open(path, "wb") as f:
+        np.savez(f, **encode(params, batch_stats, sparse=sparse))
+    return os.path.getsize(path)
+
+
+def _decode_one(arrays: dict[str, np.ndarray], name: str) -> np.ndarray:
+    values = arrays[f"{name}.values"]
+    if f"{name}.bits" in arrays:
+        shape = tuple(int(d) for d in arrays[f"{name}.shape"])
+        nonzero = np.unpackbits(arrays[f"{name}.bits"], count=int(np.prod(shape))).astype(bool)
+        dense = np.zeros(nonzero.size, values.dtype)
+        dense[nonzero] = values
+        values = dense.reshape(shape)
+    if f"{name}.scale" in arrays:
+        qarray = qwix.QArray(values, arrays[f"{name}.scale"], None, np.int8)
+        values = np.asarray(qwix.dequantize(qarray))
+    return values
+
+
+def read(path: str) -> dict[str, dict]:
+    """{"params": ..., "batch_stats": ...} as float32 nested dicts, from a weight file."""
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    names = sorted({k.rsplit(".", 1)[0] for k in arrays})
+    out: dict[str, dict] = {"params": {}, "batch_stats": {}}
+    for name in names:
+        node = out
+        *parents, leaf = name.split("/")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = _decode_one(arrays, name)
+    return out
