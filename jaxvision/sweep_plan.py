@@ -93,6 +93,8 @@ def grid_points(grids: list[str], zips: list[str]) -> list[dict[str, Any]]:
     repeated = {k for k in keys if keys.count(k) > 1}
     if repeated:
         raise BadInputError(f"Config key {sorted(repeated)[0]!r} is given twice in --grid/--zip.")
+    if "seed" in keys:
+        raise BadInputError("Config key 'seed' is set by --seeds, not --grid or --zip.")
     zip_rows = [dict(zip([k for k, _ in zipped], row)) for row in zip(*[v for _, v in zipped])]
     points = []
     for combo in itertools.product(*[v for _, v in axes]):
@@ -136,7 +138,8 @@ def point_name(point: dict[str, Any], varied: list[str]) -> str:
     parts = []
     for key, name in zip(varied, short):
         label = name if short.count(name) == 1 else key
-        parts.append(f"{label}={_name_part(point[key])}")
+        value = _name_part(point[key]) if key in point else "default"
+        parts.append(f"{label}={value}")
     return ",".join(parts) or "base"
 
 
