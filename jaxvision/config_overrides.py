@@ -16,6 +16,8 @@ from ml_collections import config_dict, config_flags
 from jaxvision import config as config_lib
 
 _PREFIX = "--config."
+# The --config flag defined here belongs to the entry point that asks for it (its --help).
+flags.disclaim_key_flags()
 
 
 def _model_arguments(name: str) -> dict[str, Any]:
