@@ -28,13 +28,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from absl import app, flags
-from ml_collections import config_flags
 
-from jaxvision import command_line
+from jaxvision import command_line, config_overrides
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file.", lock_config=True
-)
+_CONFIG = config_overrides.define_config_flag()
 _WHAT = flags.DEFINE_list(
     "what", "peak,train,infer", "Measurements: peak, compile, train, infer, profile, pipeline."
 )

@@ -224,7 +224,8 @@ def shrink_for_smoke(config: ml_collections.ConfigDict) -> None:
     config.parallel.batch_branches = 1
 
 
-def _suggest(key: str, known: list[str]) -> str:
+def suggest(key: str, known: list[str]) -> str:
+    """ " Did you mean 'x'?" for the known name closest to a misspelt `key`, else ""."""
     close = difflib.get_close_matches(key, known, n=1)
     return f" Did you mean {close[0]!r}?" if close else ""
 
@@ -236,7 +237,7 @@ def check_keys(config: ml_collections.ConfigDict, reference=None, prefix: str = 
         path = f"{prefix}{key}"
         if key not in reference:
             raise ValueError(
-                f"Unknown config key {path!r}.{_suggest(key, list(reference.keys()))} "
+                f"Unknown config key {path!r}.{suggest(key, list(reference.keys()))} "
                 f"Known keys here: {', '.join(sorted(reference.keys()))}."
             )
         value, ref = config[key], reference[key]
@@ -244,6 +245,19 @@ def check_keys(config: ml_collections.ConfigDict, reference=None, prefix: str = 
             if not isinstance(value, ml_collections.ConfigDict):
                 raise ValueError(f"Config key {path!r} must be a section, got {value!r}.")
             check_keys(value, ref, prefix=f"{path}.")
+
+
+def _check_model_arguments(section: ml_collections.ConfigDict) -> None:
+    """Every key under `model` must be an argument of the named model's constructor."""
+    from jaxvision.models import registry
+
+    known = registry.constructor_arguments(section.name)
+    for key in section:
+        _require(
+            key == "name" or key in known,
+            f"Unknown config key 'model.{key}': model {section.name!r} takes no argument "
+            f"{key!r}.{suggest(key, list(known))} Its arguments: {', '.join(sorted(known))}.",
+        )
 
 
 def _require(ok: bool, message: str) -> None:
@@ -254,7 +268,7 @@ def _require(ok: bool, message: str) -> None:
 def _check_choice(key: str, value: str, known: tuple[str, ...]) -> None:
     _require(
         value in known,
-        f"Unknown {key} {value!r}.{_suggest(value, list(known))} Known: {', '.join(known)}.",
+        f"Unknown {key} {value!r}.{suggest(value, list(known))} Known: {', '.join(known)}.",
     )
 
 
@@ -266,6 +280,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_process
 
     if config.model.name not in models.names():
         models.create(config.model.name, num_classes=1)  # raises, listing the known names
+    _check_model_arguments(config.model)
     if config.pretrained:
         from jaxvision.models import pretrained_source
 

@@ -8,13 +8,10 @@ the processes find each other; elsewhere pass --coordinator_address, --num_proce
 import logging
 
 from absl import app, flags
-from ml_collections import config_flags
 
-from jaxvision import command_line
+from jaxvision import command_line, config_overrides
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file.", lock_config=True
-)
+_CONFIG = config_overrides.define_config_flag()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", "", "HOST:PORT of process 0, for multi-process runs without a launcher."

@@ -1,0 +1,268 @@
+"""Ablation sweeps: python -m jaxvision.sweep --config=FILE[:ARG] --workdir=ROOT --grid KEY=V1,V2.
+
+    python -m jaxvision.sweep --config=configs/vit_ti4_cifar10.py:shapes --workdir=runs/abl \\
+        --grid model.pool=token,gap,map --grid model.posemb=learn,sincos2d --seeds=3
+
+Each point (one combination of overrides) at each seed trains in ROOT/<point>/seed<N> with
+`python -m jaxvision.main`, one run after another in its own process. Rerunning the same
+command skips finished runs, resumes interrupted ones from their checkpoints and reports
+failed ones (--retry_failed runs them again). --launch=slurm writes an sbatch array script,
+--launch=print prints one command per run, --dry_run prints the plan. At the end (or with
+--report) ROOT/ablation.md, .csv and .png hold mean ± std over seeds per point.
+Exit status: 0 all runs finished, 1 a run failed, 2 bad input, 143 stopped by a signal.
+"""
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from absl import flags
+
+from jaxvision import command_line, exit_status, sweep_plan, sweep_report
+from jaxvision.exit_status import BadInputError
+
+FLAGS = flags.FlagValues()  # this tool's own, so it can be imported next to other tools
+_CONFIG = flags.DEFINE_string(
+    "config", None, "Experiment config file, FILE[:ARG] as for jaxvision.main.", flag_values=FLAGS
+)
+_ROOT = flags.DEFINE_string(
+    "workdir", None, "The sweep's root: one workdir per run below it.", flag_values=FLAGS
+)
+_GRID = flags.DEFINE_multi_string(
+    "grid", [], "KEY=V1,V2,...: an axis of the grid (repeat for more axes).", flag_values=FLAGS
+)
+_ZIP = flags.DEFINE_multi_string(
+    "zip", [], "KEY=V1,V2,...: lists that step together (same length).", flag_values=FLAGS
+)
+_SEEDS = flags.DEFINE_string(
+    "seeds",
+    "1",
+    "A count (3: the config's seed and the next two) or a list (0,5,9).",
+    flag_values=FLAGS,
+)
+_SEARCH = flags.DEFINE_string(
+    "search",
+    "",
+    "random:N: N points drawn from the grid (fixed by --search_seed).",
+    flag_values=FLAGS,
+)
+_SEARCH_SEED = flags.DEFINE_integer("search_seed", 0, "Seed of --search.", flag_values=FLAGS)
+_LAUNCH = flags.DEFINE_enum(
+    "launch",
+    "local",
+    ["local", "slurm", "print"],
+    "local: run here in sequence; slurm: write ROOT/sweep.sbatch; print: one command per run.",
+    flag_values=FLAGS,
+)
+_SBATCH = flags.DEFINE_multi_string(
+    "sbatch",
+    [],
+    "An #SBATCH option for --launch=slurm, e.g. --sbatch=--gres=gpu:1.",
+    flag_values=FLAGS,
+)
+_DRY_RUN = flags.DEFINE_bool(
+    "dry_run", False, "Print the plan (runs, steps) and run nothing.", flag_values=FLAGS
+)
+_RETRY = flags.DEFINE_bool("retry_failed", False, "Run failed runs again.", flag_values=FLAGS)
+_REPORT = flags.DEFINE_bool(
+    "report", False, "Only write the table of ROOT's sweep as it stands.", flag_values=FLAGS
+)
+_METRICS = flags.DEFINE_list(
+    "metrics",
+    [],
+    "Eval metrics for the table besides accuracy and loss; the first one "
+    "picks the best row (default eval/accuracy).",
+    flag_values=FLAGS,
+)
+
+
+def _read_plan(root: str) -> dict[str, Any]:
+    path = os.path.join(root, sweep_plan.PLAN_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: start the sweep with --config and --grid.")
+    with open(path) as f:
+        return json.load(f)
+
+
+def _save_plan(root: str, plan: dict[str, Any]) -> None:
+    """Writes ROOT/sweep.json; a different plan already there is an error, not overwritten."""
+    path = os.path.join(root, sweep_plan.PLAN_FILE)
+    if os.path.isfile(path):
+        old = _read_plan(root)
+        if [p["runs"] for p in old["points"]] != [p["runs"] for p in plan["points"]]:
+            raise BadInputError(
+                f"{root} holds another sweep ({path}): use a new --workdir, or the same "
+                "--config, --grid, --zip, --seeds and --search as before."
+            )
+    os.makedirs(root, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(plan, f, indent=2)
+        f.write("\n")
+
+
+def _describe(plan: dict[str, Any]) -> str:
+    steps = plan["estimated_steps"]
+    lines = [
+        f"{len(plan['points'])} points x {len(plan['seeds'])} seeds {plan['seeds']} = "
+        f"{plan['num_runs']} runs, "
+        + (f"{steps} training steps in all." if steps is not None else "steps unknown here.")
+    ]
+    lines += [f"  {p['name']}: {p['overrides']} ({p['steps']} steps)" for p in plan["points"]]
+    return "\n".join(lines)
+
+
+def sbatch_script(plan: dict[str, Any], options: list[str]) -> str:
+    """An sbatch array script: task i runs the i-th run of the plan (points x seeds)."""
+    commands = [r["command"] for p in plan["points"] for r in p["runs"]]
+    lines = [
+        "#!/bin/bash",
+        f"#SBATCH --array=0-{len(commands) - 1}",
+        "#SBATCH --job-name=jaxvision-sweep",
+        *[f"#SBATCH {o}" for o in options],
+        "# Generated by python -m jaxvision.sweep; rerun a task to resume it.",
+        "set -e",
+        f"cd {shlex.quote(os.getcwd())}",
+        'case "$SLURM_ARRAY_TASK_ID" in',
+    ]
+    lines += [f"  {i}) exec {shlex.join(c)} ;;" for i, c in enumerate(commands)]
+    lines += ['  *) echo "no task $SLURM_ARRAY_TASK_ID" >&2; exit 2 ;;', "esac", ""]
+    return "\n".join(lines)
+
+
+class _Forward:
+    """Passes SIGTERM/SIGINT on to the running child, which saves and exits 143."""
+
+    def __init__(self):
+        self.child: subprocess.Popen | None = None
+        self.signalled = False
+
+    def __enter__(self):
+        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def _handle(self, signum, frame):
+        self.signalled = True
+        if self.child is not None and self.child.poll() is None:
+            self.child.send_signal(signum)
+
+    def __exit__(self, *exc):
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+
+
+def _train(run: sweep_plan.Run, config: str, forward: _Forward) -> int:
+    """Runs one run's command, its output appended to WORKDIR/sweep.log; records the outcome."""
+    os.makedirs(run.workdir, exist_ok=True)
+    record = sweep_report.read_run_record(run.workdir)
+    start = time.perf_counter()
+    with open(os.path.join(run.workdir, "sweep.log"), "a") as log:
+        forward.child = subprocess.Popen(
+            run.command(config), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        status = forward.child.wait()
+        forward.child = None
+    record = {
+        "exit_status": status,
+        "attempts": record.get("attempts", 0) + 1,
+        "wall_seconds": record.get("wall_seconds", 0.0) + time.perf_counter() - start,
+    }
+    with open(os.path.join(run.workdir, sweep_report.RUN_RECORD), "w") as f:
+        json.dump(record, f)
+    return status
+
+
+def run_local(plan: dict[str, Any], *, retry_failed: bool) -> int:
+    """Runs the plan's runs in sequence: skips finished ones, resumes interrupted ones."""
+    steps = {p["name"]: p["steps"] for p in plan["points"]}
+    runs = sweep_plan.runs(plan)
+    failed = []
+    with _Forward() as forward:
+        for i, run in enumerate(runs, 1):
+            label = f"[{i}/{len(runs)}] {run.point}/seed{run.seed}"
+            state = sweep_report.run_status(run.workdir, steps[run.point])
+            if state == "finished":
+                print(f"{label}: finished before, skipped.", flush=True)
+                continue
+            if state == "failed" and not retry_failed:
+                print(f"{label}: failed before (see its sweep.log); --retry_failed reruns it.")
+                failed.append(run)
+                continue
+            print(f"{label}: {'resuming' if state == 'interrupted' else 'training'}...", flush=True)
+            start = time.perf_counter()
+            status = _train(run, plan["config"], forward)
+            took = time.perf_counter() - start
+            print(f"{label}: exit status {status} after {took:.1f} s.", flush=True)
+            if forward.signalled or status == exit_status.PREEMPTED:
+                print("Stopped by a signal: rerun the same command to resume.", flush=True)
+                return exit_status.PREEMPTED
+            if status in (exit_status.FAILURE, exit_status.BAD_INPUT):
+                failed.append(run)
+    if failed:
+        names = ", ".join(f"{r.point}/seed{r.seed}" for r in failed)
+        print(f"{len(failed)} runs failed: {names} (their sweep.log says why).", flush=True)
+        return exit_status.FAILURE
+    return exit_status.OK
+
+
+def _report(root: str, plan: dict[str, Any]) -> None:
+    result = sweep_report.write(root, plan, tuple(_METRICS.value))
+    print(f"{os.path.join(root, 'ablation.md')}: {result['note']}", flush=True)
+
+
+def _sweep(args: list[str]) -> int:
+    if args:
+        raise BadInputError(f"Unexpected arguments: {' '.join(args)}")
+    root = _ROOT.value
+    if not root:
+        raise BadInputError("--workdir=ROOT is required: the sweep's root directory.")
+    if _REPORT.value and not _CONFIG.value:
+        _report(root, _read_plan(root))
+        return exit_status.OK
+    if not _CONFIG.value:
+        raise BadInputError("--config=FILE[:ARG] is required (or --report on an existing ROOT).")
+    plan = sweep_plan.build(
+        _CONFIG.value,
+        root,
+        grids=_GRID.value,
+        zips=_ZIP.value,
+        seeds=_SEEDS.value,
+        search=_SEARCH.value,
+        search_seed=_SEARCH_SEED.value,
+    )
+    print(_describe(plan), flush=True)
+    if _DRY_RUN.value:
+        return exit_status.OK
+    _save_plan(root, plan)
+    if _REPORT.value:
+        _report(root, plan)
+        return exit_status.OK
+    if _LAUNCH.value == "print":
+        for p in plan["points"]:
+            for r in p["runs"]:
+                print(shlex.join(r["command"]))
+        return exit_status.OK
+    if _LAUNCH.value == "slurm":
+        path = os.path.join(root, "sweep.sbatch")
+        with open(path, "w") as f:
+            f.write(sbatch_script(plan, _SBATCH.value))
+        print(f"Wrote {path}; submit it with: sbatch {path}", flush=True)
+        return exit_status.OK
+    status = run_local(plan, retry_failed=_RETRY.value)
+    _report(root, plan)
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the command on `argv` (default: the process's); returns its exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    argv = ["--dry_run" if a == "--dry-run" else a for a in argv]
+    return command_line.run("jaxvision.sweep", __doc__, FLAGS, _sweep, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
