@@ -26,6 +26,7 @@ ENTRY_POINTS = {
     "jaxvision.export": {"workdir", "checkpoint", "ema", "format", "out"},
     "jaxvision.benchmark": {"config", "what", "steps", "warmup"},
     "jaxvision.compress": {"workdir", "method", "out", "finetune_steps", "finetune_learning_rate"},
+    "jaxvision.sweep": {"config", "workdir", "grid", "zip", "seeds", "launch", "dry_run", "report"},
     "jaxvision.data.benchmark": {"config", "warmup", "batches"},
     "jaxvision.models": {"image_size", "num_classes"},
 }
