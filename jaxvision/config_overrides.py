@@ -26,16 +26,47 @@ def _model_arguments(name: str) -> dict[str, Any]:
     return registry.constructor_arguments(name)
 
 
+# Config sections that hold a model: their keys are that model's constructor arguments.
+_MODEL_SECTIONS = (("model",), ("distill", "teacher_model"))
+
+
+def _model_section(parts: list[str]) -> tuple[str, ...] | None:
+    """The model section `parts` ("model.depth") names an argument of, if any."""
+    for section in _MODEL_SECTIONS:
+        if len(parts) == len(section) + 1 and tuple(parts[:-1]) == section:
+            return section
+    return None
+
+
+def _section(config: ml_collections.ConfigDict, section: tuple[str, ...]) -> Any:
+    node = config
+    for part in section:
+        node = node[part] if isinstance(node, ml_collections.ConfigDict) and part in node else None
+    return node
+
+
 def check_key(config: ml_collections.ConfigDict, key: str, model_name: str = "") -> None:
-    """Raises ValueError (the schema's message) unless `key` ("a.b.c") can be overridden."""
+    """Raises ValueError (the schema's message) unless `key` ("a.b.c") can be overridden.
+
+    `model_name` is the model whose arguments `key` names (default: its section's `name`).
+    """
     parts = key.split(".")
-    if parts[0] == "model" and len(parts) == 2:
-        name = model_name or config.model.name
+    section = _model_section(parts)
+    node = _section(config, section) if section else None
+    if isinstance(node, ml_collections.ConfigDict) and parts[-1] != "name":
+        name = model_name or node.get("name", "")
+        if parts[-1] in node:
+            return
+        if not name:
+            raise ValueError(
+                f"Unknown config key {key!r}: set {'.'.join(section)}.name to the model "
+                "whose arguments it names."
+            )
         known = _model_arguments(name)
-        if parts[1] != "name" and parts[1] not in config.model and parts[1] not in known:
+        if parts[-1] not in known:
             raise ValueError(
                 f"Unknown config key {key!r}: model {name!r} takes no argument "
-                f"{parts[1]!r}.{config_lib.suggest(parts[1], list(known))} "
+                f"{parts[-1]!r}.{config_lib.suggest(parts[-1], list(known))} "
                 f"Its arguments: {', '.join(sorted(known))}."
             )
         return
@@ -51,40 +82,53 @@ def check_key(config: ml_collections.ConfigDict, key: str, model_name: str = "")
         node, prefix = node[part], f"{prefix}{part}."
 
 
-def add_model_keys(config: ml_collections.ConfigDict, keys: list[str], model_name: str) -> None:
+def add_model_keys(
+    config: ml_collections.ConfigDict,
+    keys: list[str],
+    model_name: str,
+    section: tuple[str, ...] = ("model",),
+) -> None:
     """Adds model arguments the config file does not list, at the constructor's default."""
     known = _model_arguments(model_name)
+    node = _section(config, section)
     with config.unlocked():
         for key in keys:
-            if key in config.model or key not in known:
+            if key in node or key not in known:
                 continue
             default = known[key]
             if default is None or isinstance(default, type):
                 # No default to take the type from: the value is read as a Python literal.
-                config.model[key] = config_dict.placeholder(object)
+                node[key] = config_dict.placeholder(object)
             else:
-                config.model[key] = list(default) if isinstance(default, list) else default
+                node[key] = list(default) if isinstance(default, list) else default
 
 
 def _override_keys(argv: list[str]) -> list[str]:
     return [a[len(_PREFIX) :].split("=", 1)[0] for a in argv if a.startswith(_PREFIX)]
 
 
-def _model_name_in(argv: list[str], default: str) -> str:
-    for arg in argv:
-        if arg.startswith(f"{_PREFIX}model.name="):
-            default = arg.split("=", 1)[1]
-    return default
+def _check_and_add(config: ml_collections.ConfigDict, keys: list[str], given: dict) -> None:
+    """Checks `keys` and adds the model arguments they name; `given` holds their values."""
+    names = {}
+    for section in _MODEL_SECTIONS:
+        node = _section(config, section)
+        if isinstance(node, ml_collections.ConfigDict):
+            names[section] = given.get(".".join((*section, "name")), node.get("name", ""))
+    for key in keys:
+        section = _model_section(key.split("."))
+        check_key(config, key, names.get(section, "") if section else "")
+    for section, name in names.items():
+        args = [k.split(".")[-1] for k in keys if _model_section(k.split(".")) == section]
+        if name and args:
+            add_model_keys(config, args, name, section)
 
 
 def prepare_for_overrides(config: ml_collections.ConfigDict, argv: list[str]) -> None:
     """Checks every `--config.KEY` in `argv` and adds the model arguments they name."""
-    name = _model_name_in(argv, config.model.name)
-    keys = _override_keys(argv)
-    for key in keys:
-        check_key(config, key, name)
-    model_keys = [k.split(".", 1)[1] for k in keys if k.startswith("model.") and k.count(".") == 1]
-    add_model_keys(config, model_keys, name)
+    given = dict(
+        a[len(_PREFIX) :].split("=", 1) for a in argv if a.startswith(_PREFIX) and "=" in a
+    )
+    _check_and_add(config, _override_keys(argv), given)
 
 
 class _RoomForModelOverrides(flags.ArgumentParser):
@@ -142,11 +186,7 @@ def _converted(key: str, value: Any, current: Any) -> Any:
 
 def apply(config: ml_collections.ConfigDict, overrides: dict[str, Any]) -> None:
     """Sets `overrides` ({"model.pool": "gap"}) on `config`, checking keys and value types."""
-    name = overrides.get("model.name", config.model.name)
-    for key in overrides:
-        check_key(config, key, name)
-    model_keys = [k.split(".", 1)[1] for k in overrides if k.startswith("model.")]
-    add_model_keys(config, model_keys, name)
+    _check_and_add(config, list(overrides), overrides)
     for key, value in overrides.items():
         *parents, last = key.split(".")
         node = config

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 
+from configs import distill as distill_configs
 from configs import quickstart
 from jaxvision import config_overrides, sweep, sweep_plan, sweep_report
 from tests.trained_runs import REPO, run_cli
@@ -40,6 +41,19 @@ def test_a_model_argument_the_config_file_does_not_list_is_added_at_its_default(
     assert config.model.features == (32, 64)  # the constructor's default, typed for the flag
     config_overrides.apply(config, {"model.features": (8, 16), "model.name": "cnn"})
     assert config.model.features == (8, 16)
+
+
+def test_a_teacher_model_takes_the_arguments_of_its_own_model():
+    config = distill_configs.get_config("soft,smoke")
+    config_overrides.apply(
+        config, {"distill.teacher_model.name": "cnn", "distill.teacher_model.hidden": (32,)}
+    )
+    assert config.distill.teacher_model.hidden == (32,)
+    with pytest.raises(ValueError, match=r"'distill\.teacher_model\.hiden'.*Did you mean 'hidden'"):
+        config_overrides.check_key(config, "distill.teacher_model.hiden")
+    config = distill_configs.get_config("soft,smoke")  # teacher_model.name "": its workdir's
+    with pytest.raises(ValueError, match=r"set distill\.teacher_model\.name"):
+        config_overrides.check_key(config, "distill.teacher_model.hidden")
 
 
 @pytest.mark.parametrize(
