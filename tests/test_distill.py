@@ -100,8 +100,7 @@ def test_deit_eval_output_is_the_mean_of_both_heads_and_plain_vits_are_unchanged
     x = jax.random.normal(jax.random.PRNGKey(0), (3, 16, 16, 3))
     plain = jax.eval_shape(_tiny_vit().init, jax.random.PRNGKey(1), x)["params"]
     deit_model = _tiny_vit(distill_token=True)
-    # Eager, not jitted: for a 1-block model dispatching ops is cheaper than compiling them.
-    params = deit_model.init(jax.random.PRNGKey(1), x)["params"]
+    params = jax.jit(deit_model.init)(jax.random.PRNGKey(1), x)["params"]
     # Plain ViTs keep their tree; DeiT adds a token, its head and one position embedding.
     assert set(params) - set(plain) == {"dist", "head_dist"}
     shapes = jax.tree.map(np.shape, {k: params[k] for k in plain})
@@ -116,10 +115,11 @@ def test_deit_eval_output_is_the_mean_of_both_heads_and_plain_vits_are_unchanged
             "kernel": jax.random.normal(kk, params[name]["kernel"].shape),
             "bias": jax.random.normal(kb, params[name]["bias"].shape),
         }
-    both = deit_model.apply({"params": params}, x, heads=True)
+    apply = jax.jit(deit_model.apply, static_argnames=("train", "heads"))
+    both = apply({"params": params}, x, heads=True)
     assert both.shape == (3, 2, 5)
     assert not np.allclose(both[:, 0], both[:, 1])
-    logits = deit_model.apply({"params": params}, x, train=False)
+    logits = apply({"params": params}, x, train=False)
     np.testing.assert_allclose(logits, (both[:, 0] + both[:, 1]) / 2, rtol=1e-6, atol=1e-6)
 
 
