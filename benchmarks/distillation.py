@@ -4,7 +4,7 @@
         --out=benchmarks/results/distillation.jsonl
 
 Trains the quick-start CNN teacher, then per seed the configs/distill.py student alone, with
-`soft` and with `deit` distillation from that (first seed's) teacher, then the teacher with
+`soft`, `hard` and `deit` distillation from that (first seed's) teacher, then the teacher with
 the other seeds for its own spread; one run at a time.
 Each run's final test accuracy, student-teacher agreement and median step time go into one
 JSON line; the table (mean, min-max over seeds) is printed at the end. The teacher's forward
@@ -22,7 +22,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # this checkout's jaxvision, as the runs' `python -m` from REPO use
-METHODS = ("alone", "soft", "deit")
+METHODS = ("alone", "soft", "hard", "deit")
 
 
 def _run(config: str, workdir: str, *overrides: str) -> None:
@@ -98,6 +98,7 @@ def main() -> None:
     parser.add_argument("--root", required=True, help="where the workdirs go")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--teacher_seeds", default="", help="teacher seeds (default: --seeds)")
     parser.add_argument("--out", default="", help="JSON lines file for the results")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -111,7 +112,7 @@ def main() -> None:
             _run(f"configs/distill.py:{method}", wd, f"--config.seed={seed}", *extra)
             rows.append({"method": method, "seed": seed, **_summary(wd)})
     # The teacher's own spread over seeds (the students all learn from the first).
-    for seed in seeds:
+    for seed in [int(s) for s in args.teacher_seeds.split(",") if s] or seeds:
         wd = os.path.join(args.root, f"teacher_s{seed}")
         _run("configs/quickstart.py", wd, f"--config.seed={seed}")
         rows.append({"method": "teacher", "seed": seed, **_summary(wd)})

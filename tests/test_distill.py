@@ -4,10 +4,6 @@ import dataclasses
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 
 import flax.linen as nn
 import jax
@@ -40,10 +36,12 @@ from tests.trained_runs import (
     cnn_workdir,
     deit_config,
     deit_student_workdir,
+    kill_after_checkpoint,
     mnist_cnn_workdir,
     run_cli,
     scratch_dir,
     smoke_config,
+    start_training,
 )
 
 
@@ -335,7 +333,7 @@ def test_a_distilled_run_logs_agreement_and_the_teachers_accuracy_and_records_th
     }
 
 
-def test_evaluate_predict_and_export_treat_a_deit_student_like_any_run():
+def test_evaluate_and_predict_treat_a_deit_student_like_any_run():
     wd = deit_student_workdir()
     run = workdir_lib.load(wd)
     assert run.model.distill_token
@@ -349,6 +347,13 @@ def test_evaluate_predict_and_export_treat_a_deit_student_like_any_run():
     expected = np.asarray(both).mean(axis=1)
     predictor = predict.Predictor.from_workdir(wd)
     np.testing.assert_allclose(predictor.logits(x), expected, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_deit_students_export_answers_with_the_mean_of_both_heads():
+    run = workdir_lib.load(deit_student_workdir())
+    x = np.random.default_rng(0).uniform(-1, 1, size=(5, 32, 32, 3)).astype(np.float32)
+    expected = np.asarray(run.model.apply(run.variables, x, heads=True)).mean(axis=1)
     out = os.path.join(scratch_dir("deit_export"), "export")
     export.export_stablehlo(run, out)
     np.testing.assert_allclose(export.load_stablehlo(out)(x), expected, atol=1e-5)
@@ -425,22 +430,15 @@ def test_one_and_four_devices_give_the_same_losses_with_a_teacher(tmp_path):
 
 
 def _start(workdir, teacher):
-    args = [
-        "-m",
-        "jaxvision.main",
-        "--config=configs/distill.py:soft,smoke",
-        f"--workdir={workdir}",
-        f"--config.distill.teacher={teacher}",
-        "--config.num_train_steps=40",
-        "--config.checkpoint_every_steps=10",
-        "--config.keep_checkpoints=10",
-    ]
-    return subprocess.Popen(
-        [sys.executable, *args],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    return start_training(
+        [
+            "--config=configs/distill.py:soft,smoke",
+            f"--workdir={workdir}",
+            f"--config.distill.teacher={teacher}",
+            "--config.num_train_steps=40",
+            "--config.checkpoint_every_steps=10",
+            "--config.keep_checkpoints=10",
+        ]
     )
 
 
@@ -457,13 +455,7 @@ def test_sigkill_during_distillation_then_rerun_ends_bitwise_equal(tmp_path):
     _, stderr = reference.communicate(timeout=600)
     assert reference.returncode == 0, stderr[-3000:]
     interrupted = _start(cut_dir, teacher)
-    ckpt_dir = os.path.join(cut_dir, "checkpoints")
-    deadline = time.time() + 300
-    while time.time() < deadline and not os.path.isdir(os.path.join(ckpt_dir, "20")):
-        time.sleep(0.05)
-    interrupted.send_signal(signal.SIGKILL)
-    interrupted.communicate()
-    killed_at = max(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
+    killed_at = kill_after_checkpoint(interrupted, cut_dir, 20)
     assert 20 <= killed_at < 40, "the kill must land before the run finished"
     resumed = _start(cut_dir, teacher)
     _, stderr = resumed.communicate(timeout=600)

@@ -125,3 +125,15 @@ def test_explain_notebook_draws_both_galleries(wheel, tmp_path):
         tmp_path,
     )
     assert _figures(nb) == 1
+
+
+@pytest.mark.slow
+def test_distill_notebook_trains_a_teacher_and_its_students(wheel, tmp_path):
+    parameters = 'TEACHER = ""\nTEACHER_STEPS = 40\nSTEPS = 20\nWORKDIR = "run"\n'
+    parameters += 'METHODS = ("alone", "soft", "deit")\n'
+    text = _text(_run("distill", parameters, wheel, tmp_path))
+    for method in ("alone", "soft", "deit"):
+        assert re.search(rf"{method} +test accuracy [\d.]+", text), text[-2000:]
+    assert len(re.findall(r"agreement with the teacher [\d.]+", text)) == 2
+    assert re.search(r"teacher: source=\S+ sha256=[0-9a-f]{64}", text), text[-2000:]
+    assert "logits shape (2, 10)" in text

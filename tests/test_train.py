@@ -2,17 +2,13 @@
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import jax
 import numpy as np
 import pytest
 
 from jaxvision import checkpoint, data, parallel, step_factory, train
-from tests.trained_runs import REPO, run_cli
+from tests.trained_runs import kill_after_checkpoint, run_cli, start_training
 
 
 def _final_params(workdir, config):
@@ -94,23 +90,16 @@ def test_eval_metrics_match_a_per_example_computation(smoke_config, tmp_path):
 
 
 def _start(workdir, *overrides):
-    args = [
-        "-m",
-        "jaxvision.main",
-        "--config=configs/quickstart.py:smoke",
-        f"--workdir={workdir}",
-        "--config.dataset.name=digits",
-        "--config.num_train_steps=40",
-        "--config.checkpoint_every_steps=10",
-        "--config.keep_checkpoints=10",
-        *overrides,
-    ]
-    return subprocess.Popen(
-        [sys.executable, *args],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    return start_training(
+        [
+            "--config=configs/quickstart.py:smoke",
+            f"--workdir={workdir}",
+            "--config.dataset.name=digits",
+            "--config.num_train_steps=40",
+            "--config.checkpoint_every_steps=10",
+            "--config.keep_checkpoints=10",
+            *overrides,
+        ]
     )
 
 
@@ -119,16 +108,9 @@ def test_sigkill_then_rerun_ends_bitwise_equal_to_an_uninterrupted_run(smoke_con
     ref_dir, cut_dir = str(tmp_path / "ref"), str(tmp_path / "cut")
     reference = _start(ref_dir)
     interrupted = _start(cut_dir)
-    ckpt_dir = os.path.join(cut_dir, "checkpoints")
-    deadline = time.time() + 300
-    # Kill once step 20 is finalised: the process is then somewhere past it, mid-step.
-    while time.time() < deadline and not os.path.isdir(os.path.join(ckpt_dir, "20")):
-        time.sleep(0.05)
-    interrupted.send_signal(signal.SIGKILL)
-    interrupted.communicate()
+    killed_at = kill_after_checkpoint(interrupted, cut_dir, 20)
     _, stderr = reference.communicate(timeout=300)
     assert reference.returncode == 0, stderr[-3000:]
-    killed_at = max(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
     assert 20 <= killed_at < 40, "the kill must land before the run finished"
     resumed = _start(cut_dir)
     _, stderr = resumed.communicate(timeout=300)

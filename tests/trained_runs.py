@@ -1,4 +1,4 @@
-"""Helpers the tests share: the repo root, running a command line, and tiny trained runs.
+"""Helpers the tests share: the repo root, running a command line, killing a run, tiny runs.
 
 Import them as `from tests.trained_runs import ...` (one module object, so each run is
 trained once per session). The runs on `shapes` are shared by the tests of evaluate,
@@ -9,9 +9,11 @@ import atexit
 import functools
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 from jaxvision import config as config_lib
 
@@ -31,6 +33,31 @@ def run_cli(args: list[str], env: dict | None = None, timeout: int = 600):
         text=True,
         timeout=timeout,
     )
+
+
+def start_training(args: list[str]) -> subprocess.Popen:
+    """Starts `python -m jaxvision.main ARGS...` from the repo root, keeping its stderr."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "jaxvision.main", *args],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def kill_after_checkpoint(process: subprocess.Popen, workdir: str, step: int) -> int:
+    """SIGKILLs `process` once checkpoint `step` of `workdir` is final; returns its last step.
+
+    The process is then somewhere past `step`, mid-step: the state a crash leaves.
+    """
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    deadline = time.time() + 300
+    while time.time() < deadline and not os.path.isdir(os.path.join(ckpt_dir, str(step))):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    return max(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
 
 
 def smoke_config(model: config_lib.ml_collections.ConfigDict, steps: int):
