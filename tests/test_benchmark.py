@@ -91,7 +91,8 @@ def _tiny_vit_config(scan: bool):
     return config
 
 
-@pytest.mark.parametrize("scan", [False, True])
+# Unrolled is the default layout every other ViT test runs; the slow suite runs it here too.
+@pytest.mark.parametrize("scan", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_peer_vit_config_runs_unrolled_and_scanned(scan):
     records = list(
         benchmark.run(_tiny_vit_config(scan), ["compile", "train", "infer"], warmup=0, steps=1)
@@ -272,6 +273,7 @@ def test_kernel_compile_cost_counts_shared_kernels_once():
         assert kernel_compile_cost.distinct_kernels(hlo) == (3, distinct)
 
 
+@pytest.mark.slow  # ~14 s: a measurement script's output format
 def test_kernel_compile_cost_prints_every_field():
     script = os.path.join(REPO, "benchmarks", "kernel_compile_cost.py")
     out = subprocess.run(

@@ -33,6 +33,7 @@ def test_the_project_claims_python_3_11_to_3_13_and_requires_no_more():
     ]
 
 
+@pytest.mark.slow  # ~12 s of resolving against the registry
 def test_dependencies_resolve_for_macos_arm64():
     done = _check("--platforms=aarch64-apple-darwin", "--pythons=3.12")
     assert done.returncode == 0, done.stdout + done.stderr
