@@ -170,24 +170,20 @@ def _restore_or_init(
             saved = ckpts.read_meta(latest).get("config", {})
         except Exception:  # unreadable metadata: restore_latest reports the damage
             saved = {}
-        diffs = resume_differences(saved, s.config) if saved else []
-        if diffs and not s.config.force_resume:
-            raise ValueError(
-                f"{workdir} holds a run with a different model or data config:\n  "
-                + "\n  ".join(diffs)
-                + "\nUse a fresh --workdir, or --config.force_resume=True to resume anyway."
-            )
-        if diffs:
-            log.warning("Resuming despite config changes: %s", "; ".join(diffs))
-        taught = teacher_lib.resume_differences(saved, s.config) if saved else []
-        if taught and not s.config.distill.force_teacher:
-            raise ValueError(
-                f"{workdir} was distilled from another teacher or loss:\n  "
-                + "\n  ".join(taught)
-                + "\nUse a fresh --workdir, or --config.distill.force_teacher=True to resume."
-            )
-        if taught:
-            log.warning("Resuming with another teacher: %s", "; ".join(taught))
+        _refuse_or_warn(
+            resume_differences(saved, s.config) if saved else [],
+            s.config.force_resume,
+            f"{workdir} holds a run with a different model or data config",
+            "Use a fresh --workdir, or --config.force_resume=True to resume anyway.",
+            "Resuming despite config changes: %s",
+        )
+        _refuse_or_warn(
+            teacher_lib.resume_differences(saved, s.config) if saved else [],
+            s.config.distill.force_teacher,
+            f"{workdir} was distilled from another teacher or loss",
+            "Use a fresh --workdir, or --config.distill.force_teacher=True to resume.",
+            "Resuming with another teacher: %s",
+        )
     restored = ckpts.restore_latest(s.abstract_state)
     if restored is None:
         state = s.init_fn()
@@ -424,6 +420,14 @@ def _workdir_lock(workdir: str):
     if jax.process_index() != 0:
         return contextlib.nullcontext()
     return WorkdirLock(workdir)
+
+
+def _refuse_or_warn(diffs: list[str], forced: bool, what: str, remedy: str, warning: str):
+    """Refuses to resume over `diffs` (bad input) unless `forced`, which only warns."""
+    if diffs and not forced:
+        raise ValueError(f"{what}:\n  " + "\n  ".join(diffs) + f"\n{remedy}")
+    if diffs:
+        log.warning(warning, "; ".join(diffs))
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
