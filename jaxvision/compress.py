@@ -144,7 +144,7 @@ def compress(
     quant = next((m.kind for m in methods if m.kind in methods_lib.QUANTIZE), None)
     if quant in ("int8", "int8-dynamic"):
         mode = methods_lib.QUANTIZE[quant]
-        config, final = _ptq(config, src.info, variables, mode, calibration_batches)
+        config, final = int8_model(config, src.info, variables, mode, calibration_batches)
         stored, masks = final["params"], None  # the PTQ model is not trained further
         comp_model = step_factory.create_model(config, src.info.num_classes)
         comp_fn = jax.jit(lambda v, x: comp_model.apply(v, x, train=False))
@@ -225,7 +225,7 @@ def _weight_only_forward(model, final: dict, stored: Any, int8: bool) -> tuple[A
     return fn, {**final, "params": stored}
 
 
-def _ptq(
+def int8_model(
     config: ml_collections.ConfigDict, info, variables: dict, mode: str, calibration_batches: int
 ) -> tuple[ml_collections.ConfigDict, dict]:
     """The config and variables of the int8 PTQ model (`mode` ptq-static or ptq-dynamic) of
