@@ -114,6 +114,7 @@ def test_calibration_gives_the_same_scales_from_the_same_batches_and_others_from
     )
 
 
+@pytest.mark.slow
 def test_static_scales_from_a_runs_training_batches_are_identical_run_to_run():
     run = workdir_lib.load(cnn_workdir())
     scales = []
@@ -121,7 +122,7 @@ def test_static_scales_from_a_runs_training_batches_are_identical_run_to_run():
         config, final = compress.int8_model(run.config, run.info, run.variables, "ptq-static", 2)
         scales.append(quantized_model.activation_scales(final["params"]))
     assert config.quantization.mode == "ptq-static"
-    assert sorted(scales[0]) == sorted(scales[1]) and len(scales[0]) == 5  # 2 conv, 3 dense
+    assert sorted(scales[0]) == sorted(scales[1]) and len(scales[0]) == 4  # 2 conv, 2 dense
     for name, value in scales[0].items():
         np.testing.assert_array_equal(value, scales[1][name])
         assert float(value.min()) > 0
@@ -167,10 +168,10 @@ def test_int8_workdir_holds_int8_kernels_and_the_weight_file_their_input_scales(
     np.testing.assert_array_equal(
         stored["params"]["conv1"]["kernel"], qwix.dequantize(kernel)
     )  # fmt: skip
-    assert set(stored["act_scales"]) == {"conv0", "conv1", "fc0", "fc1", "head"}
+    assert set(stored["act_scales"]) == {"conv0", "conv1", "fc0", "head"}
 
 
-def _qat_config(steps: int = 4):
+def _qat_config(steps: int = 20):
     config = smoke_config(config_lib.model("cnn", features=[8, 16], hidden=[32]), steps)
     config.unlock()
     config.quantization.mode = "qat"
