@@ -188,3 +188,57 @@ def activation_scales(params: Any) -> dict[str, np.ndarray]:
 
     visit(dict(params), "")
     return found
+
+
+def _qtype_name(qtype: Any) -> str:
+    return qtype if isinstance(qtype, str) else np.dtype(qtype).name
+
+
+def _qtype(name: str) -> Any:
+    return getattr(jnp, name, name)  # jnp.int8 as qwix holds it; "nf4"-like names stay strings
+
+
+def _how_to_json(how: Any) -> dict:
+    if how.noise_fn is not None:
+        raise ValueError("A quantized parameter with stochastic rounding cannot be exported.")
+    return {
+        "qtype": _qtype_name(how.qtype),
+        "channelwise_axes": list(how.channelwise_axes),
+        "tiled_axes": sorted(how.tiled_axes.items()),
+        "calibration_method": how.calibration_method,
+    }
+
+
+def _how_from_json(d: dict) -> Any:
+    from qwix._src.core import qarray
+
+    return qarray.HowToQuantize(
+        qtype=_qtype(d["qtype"]),
+        channelwise_axes=list(d["channelwise_axes"]),
+        tiled_axes={int(a): int(t) for a, t in d["tiled_axes"]},
+        calibration_method=d["calibration_method"],
+        noise_fn=None,
+    )
+
+
+def _register_export_serialization() -> None:
+    """Lets `jax.export` serialize a PTQ model's parameter tree (export of int8 workdirs)."""
+    import json
+
+    from qwix._src.providers import ptq
+
+    jax.export.register_pytree_node_serialization(
+        qwix.QArray,
+        serialized_name="qwix.QArray",
+        serialize_auxdata=lambda aux: json.dumps([_qtype_name(q) for q in aux]).encode(),
+        deserialize_auxdata=lambda data: tuple(_qtype(q) for q in json.loads(data)),
+    )
+    jax.export.register_pytree_node_serialization(
+        ptq.WithAux,
+        serialized_name="qwix.WithAux",
+        serialize_auxdata=lambda aux: json.dumps([_how_to_json(h) for h in aux]).encode(),
+        deserialize_auxdata=lambda data: tuple(_how_from_json(h) for h in json.loads(data)),
+    )
+
+
+_register_export_serialization()
