@@ -3,13 +3,19 @@
 Methods (applied in the order given): `prune:S` (global magnitude over conv, dense and
 attention kernels, sparsity S), `prune:N:M` (N of every M consecutive inputs kept), each
 followed by a fine-tune that keeps the mask (--finetune_steps, --finetune_learning_rate;
-it runs in OUT/finetune/ and resumes if interrupted), and `int8-weights` (int8 kernels with
-one scale per output channel, float activations).
+it runs in OUT/finetune/ and resumes if interrupted), then at most one of `int8-weights`
+(int8 kernels with one scale per output channel, float activations), `int8` (int8 kernels
+and int8 inputs to every conv and dense layer with static scales calibrated on
+--calibration_batches training batches) and `int8-dynamic` (input scales computed per
+example at run time); the last two through qwix's PTQ provider.
 
 OUT (default DIR/compressed/<method>/) is a workdir that evaluate, predict and export
-accept: config.json, checkpoints/ (the compressed weights as float32), weights.npz (the
-compressed weights as stored: int8 values, bitmasks of non-zeros) and compression.json
-(top-1, agreement with the float model, parameter bytes, sparsity per layer, img/s).
+accept: config.json (with `quantization.mode` ptq-static or ptq-dynamic for int8 and
+int8-dynamic, so every tool builds the int8 model), checkpoints/ (the compressed weights:
+float32 for int8-weights, the PTQ model's int8 parameters otherwise), weights.npz (the
+compressed weights as stored: int8 values, bitmasks of non-zeros, input scales) and
+compression.json (top-1, agreement with the source model, parameter bytes, sparsity per
+layer, img/s).
 """
 
 import json
@@ -35,7 +41,7 @@ from jaxvision import (
 )
 from jaxvision import workdir as workdir_lib
 from jaxvision.compression import methods as methods_lib
-from jaxvision.compression import pruning, quantize, report, storage
+from jaxvision.compression import pruning, quantize, quantized_model, report, storage
 
 
 def finetune_config(
@@ -108,6 +114,7 @@ def compress(
     *,
     finetune_steps: int = 200,
     finetune_learning_rate: float = 3e-4,
+    calibration_batches: int | None = None,
     speed_rounds: int = 5,
     speed_calls: int = 5,
 ) -> dict:
@@ -118,6 +125,12 @@ def compress(
     if os.path.exists(os.path.join(out, "compression.json")):
         raise workdir_lib.WorkdirError(f"{out} already holds a compressed model; pick a new --out.")
     src = _source(workdir)
+    if src.config.quantization.mode in quantized_model.PTQ_MODES:
+        raise workdir_lib.WorkdirError(
+            f"{workdir} holds an int8 model (quantization.mode={src.config.quantization.mode!r});"
+            " compress the float or QAT run it came from."
+        )
+    calibration_batches = calibration_batches or src.config.quantization.calibration_batches
     config, variables, step, masks = src.config, src.variables, src.step, None
     prune = next((m for m in methods if m.kind == "prune"), None)
     if prune:
@@ -127,16 +140,28 @@ def compress(
         tuned = workdir_lib.load(finetune_dir)
         variables, step = tuned.variables, tuned.step
         masks = pruning.masks_of(_restore_opt_state(finetune_dir, tuned))
-    params = variables["params"]
-    int8 = any(m.kind == "int8-weights" for m in methods)
-    stored = quantize.quantize_kernels(params) if int8 else params
-    final = {**variables, "params": quantize.dequantize_kernels(stored)}
+    batch_stats = variables.get("batch_stats", {})
+    quant = next((m.kind for m in methods if m.kind in methods_lib.QUANTIZE), None)
+    if quant in ("int8", "int8-dynamic"):
+        mode = methods_lib.QUANTIZE[quant]
+        config, final = int8_model(config, src.info, variables, mode, calibration_batches)
+        stored, masks = final["params"], None  # the PTQ model is not trained further
+        comp_model = step_factory.create_model(config, src.info.num_classes)
+        comp_fn = jax.jit(lambda v, x: comp_model.apply(v, x, train=False))
+        comp_vars, dense = final, quantized_model.dequantize_params(stored)
+    else:
+        int8 = quant == "int8-weights"
+        stored = quantize.quantize_kernels(variables["params"]) if int8 else variables["params"]
+        final = {**variables, "params": quantize.dequantize_kernels(stored)}
+        comp_fn, comp_vars = _weight_only_forward(src.model, final, stored, int8)
+        dense = final["params"]
     shutil.rmtree(os.path.join(out, "checkpoints"), ignore_errors=True)  # a killed earlier write
     os.makedirs(out, exist_ok=True)
     _write_workdir(out, config, src.info, final, step, masks)
-    batch_stats = variables.get("batch_stats", {})
     bytes_compressed = storage.write(os.path.join(out, "weights.npz"), stored, batch_stats)
-    result = _measure(src, final, stored, int8, speed_rounds, speed_calls)
+    result = _measure(src, comp_fn, comp_vars, speed_rounds, speed_calls)
+    if quant == "int8":
+        result["calibration_batches"] = calibration_batches
     result.update(
         method=name,
         source={"workdir": workdir_files.absolute(workdir), "step": src.step},
@@ -144,8 +169,8 @@ def compress(
             "float32": _float_bytes(src.variables["params"], batch_stats),
             "compressed": bytes_compressed,
         },
-        sparsity=pruning.overall_sparsity(final["params"]),
-        sparsity_per_layer=pruning.sparsity_per_layer(final["params"]),
+        sparsity=pruning.overall_sparsity(dense),
+        sparsity_per_layer=pruning.sparsity_per_layer(dense),
         finetune=(
             {
                 "steps": finetune_steps,
@@ -187,20 +212,50 @@ def _cpu_name() -> str:
         return platform.machine()
 
 
-def _measure(src, final: dict, stored: Any, int8: bool, rounds: int, calls: int) -> dict:
-    """Top-1, agreement and side-by-side img/s of the float and compressed models."""
+def _weight_only_forward(model, final: dict, stored: Any, int8: bool) -> tuple[Any, dict]:
+    """The forward pass of a weight-only compressed model and the variables it takes."""
+    if not int8:
+        return jax.jit(lambda v, x: model.apply(v, x, train=False)), final
+    # As deployed: int8 kernels in memory, dequantized in the graph.
+    fn = jax.jit(
+        lambda v, x: model.apply(
+            {**v, "params": quantize.dequantize_kernels(v["params"])}, x, train=False
+        )
+    )
+    return fn, {**final, "params": stored}
+
+
+def int8_model(
+    config: ml_collections.ConfigDict, info, variables: dict, mode: str, calibration_batches: int
+) -> tuple[ml_collections.ConfigDict, dict]:
+    """The config and variables of the int8 PTQ model (`mode` ptq-static or ptq-dynamic) of
+    `variables`; static input scales from `calibration_batches` training batches."""
+    c = config.copy_and_resolve_references()
+    with c.unlocked():
+        c.quantization.mode = mode
+        c.quantization.weight_bits = c.quantization.act_bits = 8
+        c.quantization.calibration_batches = calibration_batches
+        # The int8 model is not trained further: no masks in its optimizer state.
+        c.pruning.sparsity, c.pruning.structure = 0.0, "unstructured"
+        c.pruning.start_step = c.pruning.end_step = 0
+    stats = None
+    if mode == "ptq-static":
+        # The training order of the run's seed: the same batches every time.
+        batches = data.train_batches(config, info, parallel.make_mesh())
+        images = (next(batches)["image"] for _ in range(calibration_batches))
+        model = step_factory.create_model(config, info.num_classes)  # float or QAT
+        stats = quantized_model.calibrate(model, variables, images, c.quantization)
+    ptq_model = step_factory.create_model(c, info.num_classes)
+    params = quantized_model.quantize_params(
+        ptq_model, variables["params"], info.image_shape, stats
+    )
+    return c, {**variables, "params": params}
+
+
+def _measure(src, comp_fn, comp_vars: dict, rounds: int, calls: int) -> dict:
+    """Top-1, agreement and side-by-side img/s of the source and compressed models."""
     model = src.model
     float_fn = jax.jit(lambda v, x: model.apply(v, x, train=False))
-    if int8:
-        # The compressed model as deployed: int8 kernels in memory, dequantized in the graph.
-        comp_fn = jax.jit(
-            lambda v, x: model.apply(
-                {**v, "params": quantize.dequantize_kernels(v["params"])}, x, train=False
-            )
-        )
-        comp_vars = {**final, "params": stored}
-    else:
-        comp_fn, comp_vars = float_fn, final
     eval_data = data.eval_batches(src.config, src.info, parallel.make_mesh())
     result = report.accuracy_and_agreement(float_fn, src.variables, comp_fn, comp_vars, eval_data)
     images = next(iter(eval_data))["image"]
@@ -239,6 +294,14 @@ _STEPS = flags.DEFINE_integer(
     lower_bound=1,
     flag_values=FLAGS,
 )
+_CALIBRATION = flags.DEFINE_integer(
+    "calibration_batches",
+    None,
+    "int8: training batches (the run's seed's order) that calibrate the static input scales "
+    "(default: the run's quantization.calibration_batches, 8).",
+    lower_bound=1,
+    flag_values=FLAGS,
+)
 _LR = flags.DEFINE_float(
     "finetune_learning_rate",
     3e-4,
@@ -260,6 +323,7 @@ def _compress(args: list[str]) -> None:
         _OUT.value,
         finetune_steps=_STEPS.value,
         finetune_learning_rate=_LR.value,
+        calibration_batches=_CALIBRATION.value,
     )
     print(
         json.dumps(

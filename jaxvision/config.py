@@ -92,6 +92,7 @@ def base() -> ml_collections.ConfigDict:
     c.optimizer, c.schedule = _optimizer_section(), _schedule_section()
     c.distill = _distill_section()
     c.pruning = _pruning_section()
+    c.quantization = _quantization_section()
 
     c.log_every_steps = 50
     c.eval_every_steps = 500  # also at the end; 0 = only at the end
@@ -163,6 +164,18 @@ def _pruning_section() -> ml_collections.ConfigDict:
     p.end_step = 0  # ... or, if larger, sparsity rises on the cubic schedule until this step
     p.every_steps = 100  # gradual: how often the masks are recomputed
     return p
+
+
+def _quantization_section() -> ml_collections.ConfigDict:
+    """The `quantization` section of `base()`: int8 through qwix (off by default)."""
+    q = ml_collections.ConfigDict()
+    # "none" | "qat" (train fake-quantized) | "ptq-static" | "ptq-dynamic" (int8 models that
+    # python -m jaxvision.compress writes; not trainable).
+    q.mode = "none"
+    q.weight_bits = 8  # conv, dense and attention-projection kernels: 8 or 4
+    q.act_bits = 8  # their input activations: 8, 4 or 0 (float)
+    q.calibration_batches = 8  # ptq-static: training batches the input scales come from
+    return q
 
 
 def model(name: str, **overrides: object) -> ml_collections.ConfigDict:
@@ -322,6 +335,10 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_process
     from jaxvision.compression import pruning
 
     pruning.check_config(config.pruning)
+    from jaxvision.compression import quantized_model
+
+    quantized_model.check_config(config.quantization)
+    quantized_model.check_trainable(config.quantization)
     for key in ("log_every_steps", "checkpoint_every_steps"):
         _require(config[key] > 0, f"{key} must be positive, got {config[key]}.")
     _require(config.eval_every_steps >= 0, "eval_every_steps must be >= 0 (0 = only at the end).")

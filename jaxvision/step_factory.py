@@ -19,7 +19,7 @@ import optax
 
 from jaxvision import backend, distill, models, optim, parallel, steps
 from jaxvision import teacher as teacher_lib
-from jaxvision.compression import pruning
+from jaxvision.compression import pruning, quantized_model
 
 
 def num_train_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> int:
@@ -30,14 +30,16 @@ def num_train_steps(config: ml_collections.ConfigDict, num_train_examples: int) 
 
 
 def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
-    """The registered model named by `config.model.name` with its overrides and compute dtype."""
+    """The registered model named by `config.model.name` with its overrides, compute dtype and
+    quantization (`config.quantization`: QAT or an int8 PTQ model, through qwix)."""
     overrides = {k: v for k, v in config.model.items() if k != "name"}
     if config.compute_dtype == "bfloat16":
         # Parameters stay float32 (the master weights); activations and matmuls run in bf16.
         overrides.setdefault("dtype", jnp.bfloat16)
     if config.distill.loss == "deit":
         overrides["distill_token"] = True  # DeiT's second token and head (models/vit.py)
-    return models.create(config.model.name, num_classes=num_classes, **overrides)
+    model = models.create(config.model.name, num_classes=num_classes, **overrides)
+    return quantized_model.apply(model, config.quantization)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +86,10 @@ def build(
         total_steps = num_train_steps(config, num_train_examples or 0)
     if steps_per_epoch is None and num_train_examples:
         steps_per_epoch = num_train_examples / config.batch_size
-    model = backend.tune_model(create_model(config, num_classes))
+    model = create_model(config, num_classes)
+    if not quantized_model.enabled(config.quantization):
+        # qwix intercepts lax's convolutions; a backend's own conv would escape quantization.
+        model = backend.tune_model(model)
     tx = optim.build(config, total_steps, steps_per_epoch=steps_per_epoch)  # bad schedules fail
     if pruning.enabled(config.pruning):
         # Last in the chain: masked weights stay exactly zero whatever the optimizer does.

@@ -3,14 +3,22 @@
 import dataclasses
 import re
 
-METHODS = ("prune:S (0 < S < 1)", "prune:N:M (e.g. prune:2:4)", "int8-weights")
+METHODS = (
+    "prune:S (0 < S < 1)",
+    "prune:N:M (e.g. prune:2:4)",
+    "int8-weights",
+    "int8 (static activation scales, --calibration_batches)",
+    "int8-dynamic",
+)
+# Quantization methods and the `config.quantization.mode` of the model they write.
+QUANTIZE = {"int8-weights": "none", "int8": "ptq-static", "int8-dynamic": "ptq-dynamic"}
 
 
 @dataclasses.dataclass(frozen=True)
 class Method:
     """One step of a compression recipe."""
 
-    kind: str  # "prune" | "int8-weights"
+    kind: str  # "prune" or a key of QUANTIZE
     sparsity: float = 0.0  # prune:S
     n: int = 0  # prune:N:M
     m: int = 0
@@ -34,8 +42,8 @@ def _bad(spec: str, why: str) -> ValueError:
 
 def parse_one(spec: str) -> Method:
     """One method string -> Method; ValueError listing the methods otherwise."""
-    if spec == "int8-weights":
-        return Method("int8-weights")
+    if spec in QUANTIZE:
+        return Method(spec)
     match = re.fullmatch(r"prune:(\d+):(\d+)", spec)
     if match:
         n, m = int(match[1]), int(match[2])
@@ -55,13 +63,14 @@ def parse_one(spec: str) -> Method:
 
 
 def parse(spec: str) -> list[Method]:
-    """ "prune:0.5,int8-weights" -> methods applied in that order (at most one of each kind)."""
+    """ "prune:0.5,int8" -> methods applied in that order: at most one prune and one
+    quantization method, the prune first."""
     methods = [parse_one(s.strip()) for s in spec.split(",") if s.strip()]
     if not methods:
         raise _bad(spec, "no method given")
-    kinds = [m.kind for m in methods]
+    kinds = ["quantize" if m.kind in QUANTIZE else m.kind for m in methods]
     if len(set(kinds)) != len(kinds):
-        raise _bad(spec, "each kind of method can appear once")
-    if kinds == ["int8-weights", "prune"]:
-        raise _bad(spec, "prune before int8-weights: the fine-tune trains float weights")
+        raise _bad(spec, "at most one prune and one quantization method")
+    if kinds == ["quantize", "prune"]:
+        raise _bad(spec, f"prune before {methods[0].name}: the fine-tune trains float weights")
     return methods

@@ -1,6 +1,17 @@
 """The compressed weight file: int8 kernels with their scales, sparse kernels as a bitmask
 plus their non-zero values (when that is smaller), everything else float32; an
-uncompressed `.npz`, so its size on disk is the real parameter size."""
+uncompressed `.npz`, so its size on disk is the real parameter size.
+
+Entries, by "/"-joined parameter path NAME (e.g. `params/conv0/kernel`):
+- `NAME.values`: the array (int8 for a quantized kernel), or only its non-zero values when
+  `NAME.bits` (np.packbits of the non-zero mask, C order) and `NAME.shape` are present;
+- `NAME.scale`: float32 per-output-channel scale of an int8 kernel (w = values * scale,
+  broadcast; the scale keeps the kernel's rank with size 1 on the input axes);
+- `act_scales/<module path>/<op>_scale.values`: int8 models with static activation scales
+  (`compress --method=int8`) only: the float32 scale of the int8 input of that layer's op
+  (qwix's names, e.g. `act_scales/conv0/conv_general_dilated0_lhs_scale`): the input is
+  quantized as clip(round(x / scale), -128, 127).
+"""
 
 from typing import Any
 
@@ -8,12 +19,25 @@ import jax
 import numpy as np
 import qwix
 
-from jaxvision.compression import kernels, quantize
+from jaxvision.compression import kernels, quantize, quantized_model
+
+
+def _is_leaf(x: Any) -> bool:
+    return quantize.is_quantized(x) or quantized_model.is_quantized_param(x)
 
 
 def _flat(tree: Any, prefix: str) -> list[tuple[str, tuple, Any]]:
-    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=quantize.is_quantized)[0]
-    return [(f"{prefix}/{kernels.layer_name(p)}", p, x) for p, x in leaves]
+    """(NAME, path, leaf); a PTQ model's parameters unwrapped: its int8 kernels as kernels,
+    its static input scales under `act_scales/`."""
+    out = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_leaf)[0]:
+        name = f"{prefix}/{kernels.layer_name(path)}"
+        if quantized_model.is_quantized_param(leaf):
+            leaf = leaf.array
+            if not quantize.is_quantized(leaf):
+                name = f"act_scales/{kernels.layer_name(path)}"
+        out.append((name, path, leaf))
+    return out
 
 
 def _sparse_is_smaller(values: np.ndarray) -> bool:
@@ -68,7 +92,8 @@ def _decode_one(arrays: dict[str, np.ndarray], name: str) -> np.ndarray:
 
 
 def read(path: str) -> dict[str, dict]:
-    """{"params": ..., "batch_stats": ...} as float32 nested dicts, from a weight file."""
+    """{"params": ..., "batch_stats": ...} as float32 nested dicts, from a weight file (and
+    "act_scales" when it has static activation scales)."""
     with np.load(path, allow_pickle=False) as npz:
         arrays = {k: npz[k] for k in npz.files}
     names = sorted({k.rsplit(".", 1)[0] for k in arrays})
