@@ -2,7 +2,7 @@
 plus their non-zero values (when that is smaller), everything else float32; an
 uncompressed `.npz`, so its size on disk is the real parameter size."""
 
-from typing import Any
+from typing import Any, BinaryIO
 
 import jax
 import numpy as np
@@ -53,7 +53,8 @@ def write(path: str, params: Any, batch_stats: Any, *, sparse: bool = True) -> i
     return os.path.getsize(path)
 
 
-def _decode_one(arrays: dict[str, np.ndarray], name: str) -> np.ndarray:
+def _stored_values(arrays: dict[str, np.ndarray], name: str) -> np.ndarray:
+    """The dense array as stored (int8 for a quantized kernel), bitmasks expanded."""
     values = arrays[f"{name}.values"]
     if f"{name}.bits" in arrays:
         shape = tuple(int(d) for d in arrays[f"{name}.shape"])
@@ -61,6 +62,11 @@ def _decode_one(arrays: dict[str, np.ndarray], name: str) -> np.ndarray:
         dense = np.zeros(nonzero.size, values.dtype)
         dense[nonzero] = values
         values = dense.reshape(shape)
+    return values
+
+
+def _decode_one(arrays: dict[str, np.ndarray], name: str) -> np.ndarray:
+    values = _stored_values(arrays, name)
     if f"{name}.scale" in arrays:
         qarray = qwix.QArray(values, arrays[f"{name}.scale"], None, np.int8)
         values = np.asarray(qwix.dequantize(qarray))
@@ -80,3 +86,12 @@ def read(path: str) -> dict[str, dict]:
             node = node.setdefault(part, {})
         node[leaf] = _decode_one(arrays, name)
     return out
+
+
+def read_int8_kernels(file: str | BinaryIO) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{"params/conv0/kernel": (int8 values, float32 scales)} of every int8 kernel in a
+    weight file (a path or an open file; dense, bitmasks expanded); empty if it holds none."""
+    with np.load(file, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    names = sorted(k.removesuffix(".scale") for k in arrays if k.endswith(".scale"))
+    return {n: (_stored_values(arrays, n), arrays[f"{n}.scale"]) for n in names}
