@@ -7,7 +7,6 @@ PATH/variables.msgpack (the weights) and PATH/signature.json; reload with
 `load_stablehlo(PATH)` (needs jax and flax only, not the model code).
 `savedmodel`: a TF SavedModel (via `jax.experimental.jax2tf`) with a `serving_default`
 signature `images` -> `logits`; reload with `tf.saved_model.load(PATH)`.
-
 `tflite`: PATH/model.tflite, the SavedModel converted by TensorFlow's TFLite converter
 (--tflite_quantization: `float`, `dynamic` range int8, full-integer `int8` calibrated on
 training images; `auto`, the default, is `dynamic` for a model compressed to int8 kernels);
@@ -148,8 +147,8 @@ def export_tflite_model(
     )
     with tempfile.TemporaryDirectory() as tmp:
         savedmodel = os.path.join(tmp, "savedmodel")
-        # Float weights in: the converter quantizes them itself, to its own int8 kernels
-        # (an int8 * per-channel-scale kernel comes back to the same int8 values).
+        # Float weights in: the converter quantizes them itself for its own int8 kernels
+        # (int8 constants dequantized in the graph would run as float ops).
         export_savedmodel(run, savedmodel, int8_kernels=False)
         flatbuffer = export_tflite.convert(savedmodel, quantization, calibration)
     path = workdir_files.join(out, "model.tflite")
