@@ -5,6 +5,7 @@ with the in-process compressed model, and evaluate --compare shows compression's
 import dataclasses
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -217,3 +218,26 @@ def test_tflite_quantization_auto_is_dynamic_for_int8_kernels_and_float_otherwis
     assert export_tflite.resolve("int8", False) == "int8"
     with pytest.raises(ValueError, match="dynamic"):
         export_tflite.resolve("int4", True)
+
+
+@pytest.mark.slow
+def test_compress_notebook_compresses_compares_and_exports(tmp_path):
+    from tests import test_notebook
+
+    wheel = test_notebook.sync_notebooks.build_wheel(str(tmp_path / "dist"))
+    parameters = (
+        'SOURCE_RUN = ""\nSOURCE_STEPS = 40\nFINETUNE_STEPS = 10\n'
+        'METHODS = ("prune:0.5", "int8-weights")\nWORKDIR = "run"\n'
+    )
+    nb = test_notebook._run("compress", parameters, wheel, tmp_path)
+    text = test_notebook._text(nb)
+    for method in ("prune:0.5", "int8-weights"):
+        assert re.search(rf"{re.escape(method)} +top-1 [\d.]+ +agreement [\d.]+", text), text[
+            -2000:
+        ]
+    assert "| param bytes | ratio |" in text
+    for fmt in ("stablehlo", "savedmodel", "tflite"):
+        assert re.search(rf"{fmt} +float [\d,]+ bytes +int8 [\d,]+ bytes", text), text[-2000:]
+        assert re.search(rf"{fmt} +max \|logit difference\|", text), text[-2000:]
+    assert "TFLite int8 (dynamic range)" in text
+    assert test_notebook._figures(nb) == 1
