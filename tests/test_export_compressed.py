@@ -237,7 +237,7 @@ def test_compress_notebook_compresses_compares_and_exports(tmp_path):
         ]
     assert "| param bytes | ratio |" in text
     for fmt in ("stablehlo", "savedmodel", "tflite"):
-        assert re.search(rf"{fmt} +float [\d,]+ bytes +int8 [\d,]+ bytes", text), text[-2000:]
+        assert re.search(rf"{fmt} +float [\d,]+ bytes +int8 +[\d,]+ bytes", text), text[-2000:]
         assert re.search(rf"{fmt} +max \|logit difference\|", text), text[-2000:]
     assert "TFLite int8 (dynamic range)" in text
     assert test_notebook._figures(nb) == 1
