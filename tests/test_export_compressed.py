@@ -241,3 +241,14 @@ def test_compress_notebook_compresses_compares_and_exports(tmp_path):
         assert re.search(rf"{fmt} +max \|logit difference\|", text), text[-2000:]
     assert "TFLite int8 (dynamic range)" in text
     assert test_notebook._figures(nb) == 1
+
+
+def test_tflite_without_the_converter_says_what_to_install(monkeypatch, tmp_path):
+    import tensorflow as tf
+
+    from jaxvision import export_tflite
+    from jaxvision.exit_status import RunFailure
+
+    monkeypatch.delattr(tf.lite, "TFLiteConverter")
+    with pytest.raises(RunFailure, match=r"pip install tensorflow"):
+        export_tflite.convert(str(tmp_path), "dynamic", [])
