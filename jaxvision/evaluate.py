@@ -186,7 +186,22 @@ def evaluate_workdir(
     run = workdir_lib.load(workdir, checkpoint_step=checkpoint, ema=ema, mesh=mesh)
     split = split or run.info.spec.eval_split
     out_dir = output_dir(run.workdir, split, checkpoint=checkpoint, ema=ema)
-    return report_on(run, split, mesh, out_dir=out_dir, evals=evals, checkpoint=checkpoint)
+    meta: dict[str, Any] = {"checkpoint": checkpoint}
+    compression = compression_record(run.workdir)
+    if compression:
+        meta["compression"] = compression
+    return report_on(run, split, mesh, out_dir=out_dir, evals=evals, **meta)
+
+
+def compression_record(workdir: str) -> dict[str, Any] | None:
+    """What `python -m jaxvision.compress` measured for a compressed workdir (its
+    compression.json: bytes, ratio, sparsity, agreement, img/s), else None."""
+    path = workdir_files.join(workdir, "compression.json")
+    if not workdir_files.exists(path):
+        return None
+    record = json.loads(workdir_files.read_text(path))
+    keys = ("method", "param_bytes", "sparsity", "agreement", "float_top1", "img_per_s")
+    return {k: record[k] for k in keys if k in record}
 
 
 def evaluate_pretrained(

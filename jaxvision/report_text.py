@@ -59,18 +59,42 @@ def summary_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _compression_cells(r: dict[str, Any]) -> str:
+    """The compression columns of a row: from the workdir's compression.json, else blanks."""
+    c = r.get("compression")
+    if not c:
+        return "| - " * 6
+    speed = c["img_per_s"]
+    return (
+        f"| {c['method']} | {c['param_bytes']['compressed']:,} | {c['param_bytes']['ratio']:.1%} "
+        f"| {c['sparsity']:.1%} | {c['agreement']:.1%} "
+        f"| {speed['float']:.0f} / {speed['compressed']:.0f} "
+    )
+
+
 def compare_table(reports: list[dict[str, Any]]) -> str:
-    """A markdown table with one row per evaluated workdir."""
+    """A markdown table with one row per evaluated workdir; compressed workdirs add their
+    method, parameter bytes, ratio to float32, sparsity, agreement with the float model and
+    img/s (float / compressed) from compression.json."""
+    compressed = any(r.get("compression") for r in reports)
     header = (
         "| workdir | model | dataset | split | step | top-1 | top-5 | loss | macro F1 | AUC | ECE |"
     )
-    rows = [header, "|" + "---|" * 11]
+    columns = 11
+    if compressed:
+        header += (
+            " method | param bytes | ratio | sparsity | agreement | img/s float / compressed |"
+        )
+        columns += 6
+    rows = [header, "|" + "---|" * columns]
     for r in reports:
         auc = r["roc_auc"]["macro"]
         rows.append(
             f"| {r['workdir']} | {r['model']} | {r['dataset']} | {r['split']} | {r['step']} "
             f"| {r['accuracy']:.4f} | {r['top5_accuracy']:.4f} | {r['loss']:.4f} "
             f"| {r['precision_recall_f1']['macro']['f1']:.4f} "
-            f"| {'n/a' if auc is None else f'{auc:.4f}'} | {r['ece']:.4f} |"
+            f"| {'n/a' if auc is None else f'{auc:.4f}'} | {r['ece']:.4f} "
+            + (_compression_cells(r) if compressed else "")
+            + "|"
         )
     return "\n".join(rows)

@@ -31,7 +31,7 @@ from nbclient import NotebookClient
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLAB = os.path.join(REPO, "colab")
-NOTEBOOKS = ("quickstart", "finetune", "explain", "distill", "ablation")
+NOTEBOOKS = ("quickstart", "finetune", "explain", "distill", "ablation", "compress")
 # A repository's owner/name in a GitHub or an "Open in Colab" link.
 _GITHUB = r"(?:github\.com|colab\.research\.google\.com/github)/([\w.-]+/[\w.-]+)"
 KERNEL = "jaxvision-fresh"

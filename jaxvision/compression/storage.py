@@ -13,7 +13,7 @@ Entries, by "/"-joined parameter path NAME (e.g. `params/conv0/kernel`):
   quantized as clip(round(x / scale), -128, 127).
 """
 
-from typing import Any
+from typing import Any, BinaryIO
 
 import jax
 import numpy as np
@@ -77,7 +77,8 @@ def write(path: str, params: Any, batch_stats: Any, *, sparse: bool = True) -> i
     return os.path.getsize(path)
 
 
-def _decode_one(arrays: dict[str, np.ndarray], name: str) -> np.ndarray:
+def _stored_values(arrays: dict[str, np.ndarray], name: str) -> np.ndarray:
+    """The dense array as stored (int8 for a quantized kernel), bitmasks expanded."""
     values = arrays[f"{name}.values"]
     if f"{name}.bits" in arrays:
         shape = tuple(int(d) for d in arrays[f"{name}.shape"])
@@ -85,6 +86,11 @@ def _decode_one(arrays: dict[str, np.ndarray], name: str) -> np.ndarray:
         dense = np.zeros(nonzero.size, values.dtype)
         dense[nonzero] = values
         values = dense.reshape(shape)
+    return values
+
+
+def _decode_one(arrays: dict[str, np.ndarray], name: str) -> np.ndarray:
+    values = _stored_values(arrays, name)
     if f"{name}.scale" in arrays:
         qarray = qwix.QArray(values, arrays[f"{name}.scale"], None, np.int8)
         values = np.asarray(qwix.dequantize(qarray))
@@ -105,3 +111,12 @@ def read(path: str) -> dict[str, dict]:
             node = node.setdefault(part, {})
         node[leaf] = _decode_one(arrays, name)
     return out
+
+
+def read_int8_kernels(file: str | BinaryIO) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{"params/conv0/kernel": (int8 values, float32 scales)} of every int8 kernel in a
+    weight file (a path or an open file; dense, bitmasks expanded); empty if it holds none."""
+    with np.load(file, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    names = sorted(k.removesuffix(".scale") for k in arrays if k.endswith(".scale"))
+    return {n: (_stored_values(arrays, n), arrays[f"{n}.scale"]) for n in names}
