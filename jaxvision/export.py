@@ -34,6 +34,7 @@ from flax import serialization
 
 from jaxvision import command_line, export_int8, export_tflite, workdir_files
 from jaxvision import workdir as workdir_lib
+from jaxvision.compression import quantized_model
 
 FORMATS = ("stablehlo", "savedmodel", "tflite")
 
@@ -59,10 +60,31 @@ def exported_variables(
 ) -> tuple[Any, Callable]:
     """The variables an artifact holds and the forward over them: for a workdir compressed
     to int8 kernels those stay int8 (with their scales, dequantized in the graph)."""
+    if quantized_model.is_ptq(run.config):
+        return _flat_ptq_variables(run)
     int8 = export_int8.int8_variables(run) if int8_kernels else None
     if int8 is None:
         return jax.device_get(run.variables), lambda v, x: run.model.apply(v, x, train=False)
     return int8, lambda v, x: run.model.apply(export_int8.dequantize(v), x, train=False)
+
+
+def _flat_ptq_variables(run: workdir_lib.LoadedRun) -> tuple[dict[str, Any], Callable]:
+    """An int8 PTQ model's variables as {path: array} and the forward over them.
+
+    Its parameters are qwix's quantized arrays (int8 values, scales, calibrated input
+    scales), which msgpack and TensorFlow cannot hold as such: the artifact stores their
+    arrays under their tree paths, and the graph rebuilds the tree before applying the model.
+    """
+    variables = jax.device_get(run.variables)
+    with_paths, treedef = jax.tree_util.tree_flatten_with_path(variables)
+    names = [jax.tree_util.keystr(path) for path, _ in with_paths]
+    flat = {name: leaf for name, (_, leaf) in zip(names, with_paths, strict=True)}
+
+    def apply_fn(v: dict[str, Any], x: jax.Array) -> jax.Array:
+        tree = jax.tree_util.tree_unflatten(treedef, [v[name] for name in names])
+        return run.model.apply(tree, x, train=False)
+
+    return flat, apply_fn
 
 
 def _weights_record(variables: Any) -> dict[str, Any]:
@@ -140,6 +162,15 @@ def export_tflite_model(
 ) -> list[str]:
     """Writes model.tflite (the SavedModel export converted with `quantization`) and
     signature.json into `out`."""
+    if quantized_model.is_ptq(run.config):
+        # TensorFlow's converter cannot lower qwix's int8 graph; it quantizes float models
+        # itself, to its own int8 kernels.
+        raise workdir_lib.WorkdirError(
+            f"{run.workdir} is an int8 PTQ model (quantization.mode="
+            f"{run.config.quantization.mode!r}), which the TFLite converter cannot convert. "
+            "Export its float source run instead with --format=tflite "
+            "--tflite_quantization=int8 (full integer, calibrated by the converter) or dynamic."
+        )
     has_int8 = bool(export_int8.stored_int8_kernels(run.workdir))
     quantization = export_tflite.resolve(quantization, has_int8)
     calibration = (

@@ -171,6 +171,26 @@ def test_int8_workdir_holds_int8_kernels_and_the_weight_file_their_input_scales(
     assert set(stored["act_scales"]) == {"conv0", "conv1", "fc0", "head"}
 
 
+def test_an_int8_workdir_exports_its_int8_graph_and_refuses_tflite(int8_dir, tmp_path):
+    from jaxvision import export
+
+    run = workdir_lib.load(int8_dir)
+    paths = export.export(run, "stablehlo", str(tmp_path / "hlo"))
+    with open(paths[1], "rb") as f:
+        from flax import serialization
+
+        stored = serialization.msgpack_restore(f.read())
+    # The kernels are int8 in the artifact, under their tree paths.
+    assert stored["['params']['conv1']['kernel'].array.qvalue"].dtype == np.int8
+    images = np.random.RandomState(0).rand(8, *run.info.image_shape).astype(np.float32)
+    expected = np.asarray(run.model.apply(run.variables, images, train=False))
+    got = np.asarray(export.load_stablehlo(str(tmp_path / "hlo"))(images))
+    # The same int8 graph: only float rounding of the rescaling may differ.
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+    with pytest.raises(workdir_lib.WorkdirError, match="tflite_quantization=int8"):
+        export.export(run, "tflite", str(tmp_path / "tflite"))
+
+
 def _qat_config(steps: int = 20):
     config = smoke_config(config_lib.model("cnn", features=[8, 16], hidden=[32]), steps)
     config.unlock()

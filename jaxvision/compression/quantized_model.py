@@ -39,6 +39,12 @@ def enabled(quantization: ml_collections.ConfigDict) -> bool:
     return quantization.mode != "none"
 
 
+def is_ptq(config: ml_collections.ConfigDict) -> bool:
+    """Whether `config`'s model is an int8 PTQ model (its parameters are qwix arrays)."""
+    quantization = config.get("quantization")
+    return quantization is not None and quantization.mode in PTQ_MODES
+
+
 def check_config(quantization: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the `quantization.*` key that is out of range."""
     q = quantization
