@@ -20,7 +20,7 @@ def test_command_line_prints_every_measurement_and_field():
             "--config.dataset.name=digits", "--config.batch_size=16",
             "--config.parallel.batch_branches=0",  # auto (smoke configs pin 1)
             "--what=peak,compile,train,infer,pipeline", "--steps=2", "--warmup=1",
-            "--peak_size=64", "--label=test",
+            "--peak_size=64", "--peak_cache=", "--label=test",
         ]
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -33,7 +33,11 @@ def test_command_line_prints_every_measurement_and_field():
     for rec in records:
         assert rec["label"] == "test" and rec["model"] == "cnn" and rec["batch_size"] == 16
         assert rec["platform"] == "cpu" and "xla_flags" in rec
-    for rec in records[:2] + records[3:5]:
+        assert rec["cpu"] and rec["isa"] in ("amx", "avx512f", "avx2", "avx", "unknown")
+    for rec in records[:2]:
+        assert rec["gflops_min"] <= rec["gflops_median"] <= rec["gflops"]
+        assert rec["sizes"] == [32, 48, 64] and len(rec["trials_gflops"]) == rec["trials"]
+    for rec in records[3:5]:
         assert {"median_ms", "mean_ms", "min_ms", "max_ms", "n"} <= set(rec)
         assert rec["min_ms"] <= rec["median_ms"] <= rec["max_ms"]
     assert records[3]["n"] == 2
@@ -41,7 +45,8 @@ def test_command_line_prints_every_measurement_and_field():
     summary = records[-1]
     missing = [k for k in benchmark.SUMMARY_FIELDS if summary.get(k) is None]
     assert not missing, f"summary fields without a value: {missing}"
-    assert summary["gflops_per_img"] > 0 and summary["mfu"] > 0
+    assert summary["gflops_per_img"] > 0 and 0 < summary["mfu"] <= 1
+    assert summary["peak_suspect"] is False
     memory = records[5]
     assert memory["temp_gb"] is not None and memory["peak_rss_gb"] > 0
     # The command re-executed itself with glibc's hugetlb tunable where that helps.
