@@ -16,7 +16,10 @@ prints one JSON line per measurement, then a `summary` line with every headline 
 - `infer`: the eval forward pass, `infer_img_per_s`;
 - `memory`: XLA's buffer sizes for the train step and this process's peak RSS;
 - `profile` (with --what=...,profile): the train step's thread time by op category;
-- `pipeline` (with --what=...,pipeline): the config's real input pipeline alone.
+  `profile_infer`: the same for the eval-mode forward;
+- `pipeline` (with --what=...,pipeline): the config's real input pipeline alone;
+- `export` (with --what=...,export): inference img/s of the StableHLO and SavedModel
+  exports, reloaded as a user would, next to the in-process forward (`export_speed`).
 
 Every line carries the CPU model and ISA (`cpu`, `isa`: amx, avx512f, avx2) and the core
 count. Every timed figure is the median over `--steps` timed runs after `--warmup` untimed ones,
@@ -37,7 +40,9 @@ from jaxvision import command_line, config_overrides, matmul_peak
 
 _CONFIG = config_overrides.define_config_flag()
 _WHAT = flags.DEFINE_list(
-    "what", "peak,train,infer", "Measurements: peak, compile, train, infer, profile, pipeline."
+    "what",
+    "peak,train,infer",
+    "Measurements: peak, compile, train, infer, profile, profile_infer, pipeline, export.",
 )
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps; medians are over these.")
@@ -54,7 +59,11 @@ _LABEL = flags.DEFINE_string("label", "", "Free text copied into every line (e.g
 flags.mark_flags_as_required(["config"])
 
 _SHORT_DTYPE = {"float32": "fp32", "bfloat16": "bf16"}
-MEASUREMENTS = ("peak", "compile", "train", "infer", "profile", "pipeline")
+MEASUREMENTS = (
+    "peak", "compile", "train", "infer", "profile", "profile_infer", "pipeline", "export"
+)  # fmt: skip
+# Summary fields of --what=export, there only when it was asked for.
+EXPORT_FIELDS = ("in_process_img_per_s", "stablehlo_img_per_s", "savedmodel_img_per_s")
 # Fields the summary line always has (None when the measurement was not asked for).
 SUMMARY_FIELDS = (
     "train_img_per_s",
@@ -138,6 +147,7 @@ class Bench:
 
         self.config = config
         self.shape, num_classes = _model_inputs(config)
+        self.num_classes = num_classes
         # The schedule's values do not change the step's cost; a long nominal run keeps any
         # warmup (in steps or epochs) valid without knowing the dataset's size.
         built = step_factory.build(
@@ -317,10 +327,11 @@ def _measure(config, what: list[str], warmup: int, steps: int, peak: dict) -> It
     if "peak" in what:
         for dtype in ("float32", "bfloat16"):
             yield _peak_record(dtype, matmul_peak.peak(dtype, **peak))
-    if {"compile", "train", "infer", "profile"} & set(what):
+    runs = {"train", "infer", "profile", "profile_infer", "export"} & set(what)
+    if runs or "compile" in what:
         # Compiling alone needs only shapes, so a model too large to initialise here still
         # reports its compile time.
-        bench = Bench(config, materialize=bool({"train", "infer", "profile"} & set(what)))
+        bench = Bench(config, materialize=bool(runs))
         if {"compile", "train", "profile"} & set(what):
             yield bench.compile()
         if "train" in what:
@@ -333,6 +344,14 @@ def _measure(config, what: list[str], warmup: int, steps: int, peak: dict) -> It
             if "train" not in what:
                 bench.train(warmup, 1)
             yield op_profile.profile(bench, steps=max(1, min(steps, 2)))
+        if "profile_infer" in what:
+            from jaxvision.backend import op_profile
+
+            yield op_profile.profile_infer(bench, steps=max(1, min(steps, 2)))
+        if "export" in what:
+            from jaxvision import export_speed
+
+            yield export_speed.measure(bench, warmup, steps)
         if {"compile", "train"} & set(what):
             yield bench.memory()
     if "pipeline" in what:
@@ -392,7 +411,7 @@ def run(
     for rec in _measure(config, what, warmup, steps, peak_args):
         if rec["measurement"] == "matmul_peak":
             summary[f"peak_gflops_{_SHORT_DTYPE[rec['dtype']]}"] = rec["gflops"]
-        summary.update({k: v for k, v in rec.items() if k in SUMMARY_FIELDS})
+        summary.update({k: v for k, v in rec.items() if k in SUMMARY_FIELDS + EXPORT_FIELDS})
         yield {**rec, **context}
     dtype = "bfloat16" if config.compute_dtype == "bfloat16" else "float32"
     peak = summary[f"peak_gflops_{_SHORT_DTYPE[dtype]}"]
@@ -420,7 +439,7 @@ def main(argv: list[str]) -> None:
 
     # Compile times are the measurement: never loaded from a cache set in the environment.
     backend.configure_compile_cache("")
-    if "profile" in _WHAT.value:
+    if {"profile", "profile_infer"} & set(_WHAT.value):
         from jaxvision.backend import op_profile
 
         op_profile.enable_trace_events()  # before JAX's CPU backend starts
