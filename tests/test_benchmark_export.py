@@ -1,9 +1,12 @@
 """python -m jaxvision.benchmark --what=export: exported models' speed beside in-process."""
 
+import pytest
+
 from jaxvision import benchmark
 from tests.test_benchmark import _tiny_vit_config
 
 
+@pytest.mark.slow  # ~20 s of CPU: two exports, TensorFlow's import and a SavedModel load
 def test_export_speed_times_both_formats_reloaded_and_the_in_process_forward():
     records = list(benchmark.run(_tiny_vit_config(False), ["export"], warmup=1, steps=2))
     (record,) = [r for r in records if r["measurement"] == "export"]
