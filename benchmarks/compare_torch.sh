@@ -22,10 +22,14 @@
 # Raw JSON lines go to $OUT (default benchmarks/results/compare-<time>.jsonl). Extra XLA
 # flags: XLA_FLAGS; extra arguments for jaxvision's side only: JAX_ARGS.
 #
-# Wall time (measured under load, 5 processes on 2 cores: expect less on a quiet machine):
-# one repetition of the two CIFAR models with all setups took about 8 min, most of it
-# torch.compile's compilation; the ImageNet-sized models take about 2x that per
-# repetition, so REPS=3 of all four models is about 70 min.
+# Wall time, measured UNDER LOAD (load average 8-12 on 2 cores from other jobs): one
+# repetition of the two CIFAR models with all their setups took about 60 min (ResNet-18's
+# five setups 39 min, ViT-Ti/4's three about 20), much of it compilation (jaxvision's and
+# torch.compile's, twice per model: train and eval). A ResNet-50 step at batch 16 costs
+# about what a ResNet-18 step at 128 does, a ViT-B/16 step at batch 8 about 1.5x a
+# ViT-Ti/4 step at 128, and ResNet-50 compiles about twice as long, so the ImageNet pair
+# takes about 1.5x the CIFAR pair: REPS=3 of all four is about 7-8 h at that load. Scaled
+# by the load (a rough guess, not measured), about 1.5-2 h on a quiet machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
