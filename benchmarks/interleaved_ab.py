@@ -3,10 +3,13 @@
     python benchmarks/interleaved_ab.py --config=benchmarks/peer_configs.py:vit_ti4_cifar \
         --steps=16 "" "xla:xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE"
     python benchmarks/interleaved_ab.py --config=... --what=infer "" "grad_accum_steps=4"
+    python benchmarks/interleaved_ab.py --config=benchmarks/peer_configs.py:resnet18_cifar \
+        --what=infer --steps=10 "" "fold=0"
 
 Each positional argument is one variant: `;`-separated `key=value` config overrides
-(`model.scan=True`) and `xla:option=value` per-executable XLA options (on top of
-`jaxvision/backend/xla_options.py`'s; `xla:option=` with no value drops one). The empty string is
+(`model.scan=True`), `xla:option=value` per-executable XLA options (on top of
+`jaxvision/backend/xla_options.py`'s; `xla:option=` with no value drops one) and `fold=0`
+(the eval forward without BatchNorm folding, `jaxvision.batchnorm_folding`). The empty string is
 the config as it is; `--common` overrides apply to every variant. Every variant is built
 and compiled exactly as `jaxvision.benchmark` builds it; then the timed loop runs one step
 of each variant in turn, so a change in the machine's load hits all of them alike, which
@@ -23,15 +26,20 @@ import statistics
 import time
 
 
-def apply_variant(config, variant: str) -> dict[str, str]:
-    """Applies `variant`'s config overrides to `config`; returns its XLA option changes."""
+def apply_variant(config, variant: str) -> tuple[dict[str, str], bool]:
+    """Applies `variant`'s config overrides to `config`; returns its XLA option changes and
+    whether its eval forward folds BatchNorm (`fold=0` turns that off)."""
     xla: dict[str, str] = {}
+    fold = True
     for item in filter(None, (part.strip() for part in variant.split(";"))):
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"Variant item {item!r} is not key=value (in {variant!r}).")
         if key.startswith("xla:"):
             xla[key[4:]] = value
+            continue
+        if key == "fold":
+            fold = bool(int(value))
             continue
         *path, last = key.split(".")
         node = config
@@ -44,7 +52,7 @@ def apply_variant(config, variant: str) -> dict[str, str]:
             node[last] = value
         else:
             node[last] = type(old)(ast.literal_eval(value)) if old is not None else value
-    return xla
+    return xla, fold
 
 
 def main() -> None:
@@ -59,8 +67,8 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import jax
 
+    from jaxvision import backend, parallel
     from jaxvision import config as config_lib
-    from jaxvision import parallel
     from jaxvision.backend import xla_options
     from jaxvision.benchmark import Bench
 
@@ -69,7 +77,8 @@ def main() -> None:
     for variant in variants:
         config = config_lib.load(args.config)
         config.unlock()
-        with xla_options.overridden(apply_variant(config, f"{args.common};{variant}")):
+        xla, fold = apply_variant(config, f"{args.common};{variant}")
+        with xla_options.overridden(xla), backend.folding(fold):
             # Process-wide: variants that differ in it fail here with a clear error.
             parallel.set_cpu_devices(config.parallel.cpu_devices)
             bench = Bench(config)

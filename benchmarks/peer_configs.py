@@ -2,14 +2,19 @@
 
 Run:    python -m jaxvision.benchmark --config=benchmarks/peer_configs.py:resnet18_cifar
         python -m jaxvision.benchmark --config=benchmarks/peer_configs.py:vit_ti4_cifar
+        python -m jaxvision.benchmark --config=benchmarks/peer_configs.py:resnet50_imagenet \
+            --config.batch_size=16
         python -m jaxvision.benchmark --config=benchmarks/peer_configs.py:vit_b16 \
             --what=compile --config.batch_size=8 --config.model.scan=True
 What:   the same network, loss and optimizer step as the peer at batch 128 on 32x32
         random images: resnet18_cifar is ResNet-18 with the 3x3 stride-1 stem and SGD
         momentum 0.9; vit_ti4_cifar is ViT-Ti/4 (pre-LN, learned posemb, GAP head, MLP 4x,
-        no dropout, no drop-path) with AdamW. No augmentation, mixup or clipping: the
-        benchmark times the step the peer times. The model keys (scan, remat, dtype via
-        compute_dtype) are here so that --config.model.KEY=... can change them.
+        no dropout, no drop-path) with AdamW; resnet50_imagenet and vit_b16_imagenet are the
+        peer's 224 px, 1000-class ResNet-50 v1.5 (SGD) and ViT-B/16 (GAP head, AdamW); pass
+        a batch that fits the machine (compare_torch.sh uses 16 and 8). No augmentation,
+        mixup or clipping: the benchmark times the step the peer times. The model keys
+        (scan, remat, dtype via compute_dtype) are here so that --config.model.KEY=... can
+        change them.
 """
 
 from jaxvision import config as config_lib
@@ -22,6 +27,15 @@ PEERS = {
         "adamw",
         1e-3,
         32,
+    ),
+    # ImageNet-sized (224 px, 1000 classes): ResNet-50 v1.5 with SGD, ViT-B/16 with a GAP
+    # head and AdamW, as the peer's resnet50_imagenet and vit_b16_imagenet.
+    "resnet50_imagenet": (config_lib.model("resnet50"), "sgd", 0.1, 224),
+    "vit_b16_imagenet": (
+        config_lib.model("vit_b16", image_size=224, pool="gap", scan=False, remat=False),
+        "adamw",
+        1e-3,
+        224,
     ),
     # Compile-time comparisons of a deep model (unrolled vs scan); ImageNet-sized inputs.
     "vit_b16": (

@@ -20,7 +20,7 @@ def test_command_line_prints_every_measurement_and_field():
             "--config.dataset.name=digits", "--config.batch_size=16",
             "--config.parallel.batch_branches=0",  # auto (smoke configs pin 1)
             "--what=peak,compile,train,infer,pipeline", "--steps=2", "--warmup=1",
-            "--peak_size=64", "--label=test",
+            "--peak_size=64", "--peak_cache=", "--label=test",
         ]
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -33,7 +33,11 @@ def test_command_line_prints_every_measurement_and_field():
     for rec in records:
         assert rec["label"] == "test" and rec["model"] == "cnn" and rec["batch_size"] == 16
         assert rec["platform"] == "cpu" and "xla_flags" in rec
-    for rec in records[:2] + records[3:5]:
+        assert rec["cpu"] and rec["isa"] in ("amx", "avx512f", "avx2", "avx", "unknown")
+    for rec in records[:2]:
+        assert rec["gflops_min"] <= rec["gflops_median"] <= rec["gflops"]
+        assert rec["sizes"] == [32, 48, 64] and len(rec["trials_gflops"]) == rec["trials"]
+    for rec in records[3:5]:
         assert {"median_ms", "mean_ms", "min_ms", "max_ms", "n"} <= set(rec)
         assert rec["min_ms"] <= rec["median_ms"] <= rec["max_ms"]
     assert records[3]["n"] == 2
@@ -41,7 +45,8 @@ def test_command_line_prints_every_measurement_and_field():
     summary = records[-1]
     missing = [k for k in benchmark.SUMMARY_FIELDS if summary.get(k) is None]
     assert not missing, f"summary fields without a value: {missing}"
-    assert summary["gflops_per_img"] > 0 and summary["mfu"] > 0
+    assert summary["gflops_per_img"] > 0 and 0 < summary["mfu"] <= 1
+    assert summary["peak_suspect"] is False
     memory = records[5]
     assert memory["temp_gb"] is not None and memory["peak_rss_gb"] > 0
     # The command re-executed itself with glibc's hugetlb tunable where that helps.
@@ -141,15 +146,20 @@ def test_unknown_measurement_is_an_error():
         list(benchmark.run(_tiny_vit_config(False), ["train", "tarin"]))
 
 
-def test_compare_table_reads_both_sides():
+def test_compare_table_headlines_the_fastest_pytorch_setup():
     sys.path.insert(0, os.path.join(REPO, "benchmarks"))
     try:
         import compare_table
     finally:
         sys.path.pop(0)
-    lines = ['{"measurement": "machine", "cpu": "x", "cores": 2, "load_1min": 0.5, "when": "t"}']
-    # Three repetitions; the machine is slower in the second, on both sides.
-    for rep, (jax_ms, torch_img_s) in enumerate([(1000.0, 5.0), (2500.0, 4.0), (1666.7, 2.0)]):
+    lines = [
+        '{"measurement": "machine", "cpu": "x", "isa": "avx2", "cores": 2, "load_1min": 0.5,'
+        ' "when": "t"}'
+    ]
+    # Three repetitions; the machine is slower in the second, on every side. torch.compile
+    # is the fastest PyTorch setup for train, eager for inference.
+    rows = [(1000.0, 5.0, 10.0), (2500.0, 4.0, 5.0), (1666.7, 2.0, 3.0)]
+    for rep, (jax_ms, eager_img_s, compiled_img_s) in enumerate(rows):
         lines += [
             f'{{"rep": {rep}, "bench": "m", "measurement": "train", "mean_ms": {jax_ms},'
             ' "batch_size": 10}',
@@ -158,20 +168,25 @@ def test_compare_table_reads_both_sides():
             f'{{"rep": {rep}, "bench": "m", "measurement": "summary", "mfu": 0.5,'
             ' "batch_size": 10}',
             f'{{"rep": {rep}, "bench": "m", "peer": "pytorch-eager",'
-            f' "train_img_per_s": {torch_img_s}, "infer_img_per_s": 200.0}}',
+            f' "train_img_per_s": {eager_img_s}, "infer_img_per_s": 200.0}}',
+            f'{{"rep": {rep}, "bench": "m", "peer": "pytorch-compile",'
+            f' "train_img_per_s": {compiled_img_s}, "infer_img_per_s": 50.0}}',
         ]
     values, machines = compare_table.collect(lines)
-    assert len(machines) == 1
+    assert len(machines) == 1 and machines[0]["isa"] == "avx2"
     rows = compare_table.table(values)
-    # Medians 6.0 / 4.0; the per-repetition ratios are 2.0, 1.0 and 3.0.
+    # jaxvision's train medians 6.0 vs compile's 5.0; per repetition 1.0, 0.8 and 2.0.
     assert any(
-        "| m | train | 6.0 [4.0-10.0] | 4.0 [2.0-5.0] | 1.50x | 2.00x [1.00-3.00] | 3 |" in r
+        "| m | 10 | train | 6.0 [4.0-10.0] | pytorch-compile | 5.0 [3.0-10.0] | **1.20x** "
+        "| 1.00x [0.80-2.00] | 3 |" in r
         for r in rows
     ), rows
-    assert any(
-        "| m | infer | 100.0 [100.0-100.0] | 200.0 [200.0-200.0] | 0.50x | 0.50x" in r for r in rows
-    )
-    assert any("50.0%" in r for r in rows)
+    assert any("| m | 10 | infer | 100.0 [100.0-100.0] | pytorch-eager |" in r for r in rows)
+    # Every setup has its own row with the ratio to it.
+    assert any("| m | train | pytorch-eager | 4.0 [2.0-5.0] | 1.50x | 2.00x [1.00-3.00] |" in r
+               for r in rows)  # fmt: skip
+    assert any("| m | infer | pytorch-compile | 50.0 [50.0-50.0] | 2.00x |" in r for r in rows)
+    assert any("50.0%" in r and "0 repetitions with peak_suspect" in r for r in rows)
 
 
 def test_compiler_options_keep_a_choice_made_in_xla_flags(monkeypatch):

@@ -4,7 +4,8 @@ The rest of the code calls this small interface without knowing the backend:
 
 - `jit(fn, ...)`: `jax.jit` plus XLA:CPU's compiler options on CPU (`xla_options`);
 - `train_loss(loss_fn, ...)` / `forward(...)`: a step over independent slices of the batch
-  (`branches`), which XLA:CPU can run side by side;
+  (`branches`), which XLA:CPU can run side by side; `forward` (eval mode) also folds
+  BatchNorm into the convolution before it (`jaxvision.batchnorm_folding`);
 - `tune_model(model)`: Winograd 3x3 convolutions for ResNets on CPU (`winograd`);
 - `prepare_process()` and `configure_compile_cache(dir)`: process set-up for the
   command-line entry points (huge pages: `host_memory`; `compile_cache`);
@@ -26,6 +27,8 @@ RETIRED_MODEL_KEYS = ("winograd",)
 # anything imports JAX, and the process may re-execute itself right then.
 
 _forced_platform: str | None = None
+# Whether eval-mode forwards fold BatchNorm into convolutions on CPU (A/B: `folding(False)`).
+_fold_batch_norm = True
 
 # Executables run once (init): XLA:CPU's slow optimisation passes are wasted on them; a
 # ResNet-18's init (dozens of RNG calls) compiles in a third of the time without them.
@@ -51,6 +54,17 @@ def forced(name: str) -> Iterator[None]:
         yield
     finally:
         _forced_platform = saved
+
+
+@contextlib.contextmanager
+def folding(enabled: bool) -> Iterator[None]:
+    """Within the block, eval forwards built (traced) fold BatchNorm or not (A/B, tests)."""
+    global _fold_batch_norm
+    saved, _fold_batch_norm = _fold_batch_norm, enabled
+    try:
+        yield
+    finally:
+        _fold_batch_norm = saved
 
 
 def compiler_options(*, once: bool = False) -> dict[str, Any] | None:
@@ -90,12 +104,16 @@ def train_loss(
 
 
 def forward(model: Any, variables: dict, images: Any) -> Any:
-    """Eval-mode logits [N, K] of `model`, over this platform's branches of the batch."""
+    """Eval-mode logits [N, K] of `model`, over this platform's branches of the batch; on CPU
+    with BatchNorm folded into the convolutions before it (`batchnorm_folding`)."""
+    from jaxvision import batchnorm_folding
     from jaxvision.backend import branches
 
     b = branches.auto_branches(platform(), False, images.shape[0], train=False)
-    apply = branches.branched_apply(lambda v, x: model.apply(v, x, train=False), b)
-    return apply(variables, images)
+    apply = lambda v, x: model.apply(v, x, train=False)
+    if platform() == "cpu" and _fold_batch_norm:
+        variables, apply = batchnorm_folding.fold_forward(apply, variables, images)
+    return branches.branched_apply(apply, b)(variables, images)
 
 
 def tune_model(model: Any) -> Any:

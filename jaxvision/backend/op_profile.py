@@ -1,6 +1,8 @@
 """Where the train step's time goes, by XLA op category (matmul, conv, elementwise, ...).
 
     python -m jaxvision.benchmark --config=benchmarks/peer_configs.py:vit_ti4_cifar --what=profile
+    python -m jaxvision.benchmark --config=benchmarks/peer_configs.py:resnet18_cifar \
+        --what=profile_infer     # the eval-mode forward instead of the train step
 
 Runs the benchmark's train step (after warm-up) under `jax.profiler`, matches each
 executed XLA CPU thunk to its instruction in the optimized HLO, and sums the thunks'
@@ -20,6 +22,7 @@ import glob
 import os
 import re
 import tempfile
+from collections.abc import Callable
 
 _INSTRUCTION = re.compile(r"^\s+(?:ROOT )?%?([\w.-]+) = .*? ([a-z][a-z0-9-]*)\((.*)$")
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.-]+) .*\{\s*$")
@@ -91,13 +94,40 @@ def enable_trace_events() -> None:
 def profile(bench, steps: int) -> dict:
     """Thread-ms per category and the top instructions over `steps` profiled train steps of a
     compiled and warmed-up `benchmark.Bench`."""
+    hlo = bench.compiled_train.as_text()
+    return _profile(hlo, lambda: bench.train(warmup=0, steps=steps)["step_ms"], steps, "train")
+
+
+def profile_infer(bench, steps: int) -> dict:
+    """The same for the eval-mode forward (`infer_fn`) of a `benchmark.Bench`, warmed up here."""
+    import jax
+
+    images = bench.eval_images[0]
+    compiled = bench.infer_fn.lower(bench.state, images).compile()
+    for _ in range(2):
+        jax.block_until_ready(compiled(bench.state, images))
+
+    def timed() -> float:
+        import time
+
+        start = time.perf_counter()
+        for _ in range(steps):
+            jax.block_until_ready(compiled(bench.state, images))
+        return (time.perf_counter() - start) / steps * 1e3
+
+    return _profile(compiled.as_text(), timed, steps, "infer")
+
+
+def _profile(hlo: str, run: Callable[[], float], steps: int, step: str) -> dict:
+    """Runs `run()` (which returns its ms per step over `steps` steps) under the profiler and
+    sums the executed XLA ops' thread time per category."""
     import jax
     from jax.profiler import ProfileData
 
-    instructions, computations = parse_hlo(bench.compiled_train.as_text())
+    instructions, computations = parse_hlo(hlo)
     trace_dir = tempfile.mkdtemp(prefix="jaxvision_profile_")
     jax.profiler.start_trace(trace_dir)
-    step_ms = bench.train(warmup=0, steps=steps)["step_ms"]
+    step_ms = run()
     jax.profiler.stop_trace()
     path = glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True)[-1]
     per_op: dict = collections.Counter()
@@ -119,7 +149,8 @@ def profile(bench, steps: int) -> dict:
     per_category["unattributed"] = max(0.0, capacity - sum(per_category.values()))
     total = sum(per_category.values())
     return {
-        "measurement": "profile",
+        "measurement": "profile" if step == "train" else f"profile_{step}",
+        "step_ms": round(step_ms, 2),
         "thread_ms": {k: round(v, 1) for k, v in per_category.most_common()},
         "share": {k: round(v / total, 3) for k, v in per_category.most_common()},
         "top_instructions": [(n, round(ms, 1)) for n, ms in per_op.most_common(12)],

@@ -228,6 +228,8 @@ def conv_general_dilated(
         and not kwargs
         and lhs.ndim == 4
         and dimension_numbers == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+        # A symbolic batch (jax.export) has no size to decide by: the direct convolution.
+        and all(isinstance(d, int) for d in lhs.shape)
     )
     if plain and (
         is_faster(lhs.shape, rhs.shape, lhs.dtype)
