@@ -19,6 +19,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Path = tuple[str, ...]
 
@@ -124,6 +125,12 @@ def fold_forward(
             return apply(v, x)
 
     pairs = conv_norm_pairs(with_epsilons, variables, images)
+    # Only float kernels held as plain arrays can be scaled (not e.g. quantized arrays).
+    pairs = {
+        bn: conv
+        for bn, conv in pairs.items()
+        if isinstance(_get(variables["params"], conv).get("kernel"), jax.Array | np.ndarray)
+    }
     if not pairs:
         return variables, apply
     new_variables, shifts = fold(variables, pairs, epsilons)

@@ -111,3 +111,20 @@ def test_a_conv_output_read_by_two_modules_is_not_folded(shared):
     variables = model.init(jax.random.PRNGKey(0), images)
     pairs = batchnorm_folding.conv_norm_pairs(_eval(model), variables, images)
     assert pairs == ({} if shared else {("BatchNorm_0",): ("Conv_0",)})
+
+
+def test_a_quantized_model_is_not_folded():
+    import ml_collections
+
+    from jaxvision.compression import quantized_model
+
+    model, variables, images = _resnet_with_statistics()
+    qat = ml_collections.ConfigDict(
+        {"mode": "qat", "weight_bits": 8, "act_bits": 0, "calibration_batches": 1}
+    )
+    quantized = quantized_model.apply(model, qat)
+    assert quantized.fold_batch_norm is False  # qwix quantizes the kernel it sees
+    text = jax.jit(lambda v, x: backend.forward(quantized, v, x)).lower(variables, images)
+    with backend.folding(False):
+        plain = jax.jit(lambda v, x: backend.forward(quantized, v, x)).lower(variables, images)
+    assert text.as_text() == plain.as_text()

@@ -105,13 +105,14 @@ def train_loss(
 
 def forward(model: Any, variables: dict, images: Any) -> Any:
     """Eval-mode logits [N, K] of `model`, over this platform's branches of the batch; on CPU
-    with BatchNorm folded into the convolutions before it (`batchnorm_folding`)."""
+    with BatchNorm folded into the convolutions before it (`batchnorm_folding`), unless the
+    model's class sets `fold_batch_norm = False` (quantized models)."""
     from jaxvision import batchnorm_folding
     from jaxvision.backend import branches
 
     b = branches.auto_branches(platform(), False, images.shape[0], train=False)
     apply = lambda v, x: model.apply(v, x, train=False)
-    if platform() == "cpu" and _fold_batch_norm:
+    if platform() == "cpu" and _fold_batch_norm and getattr(model, "fold_batch_norm", True):
         variables, apply = batchnorm_folding.fold_forward(apply, variables, images)
     return branches.branched_apply(apply, b)(variables, images)
 

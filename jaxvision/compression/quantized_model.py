@@ -97,6 +97,9 @@ def apply(model: nn.Module, quantization: ml_collections.ConfigDict) -> nn.Modul
     key = (type(model), quantization.mode, quantization.weight_bits, quantization.act_bits)
     if key not in _CLASSES:
         _CLASSES[key] = type(qwix.quantize_model(model, _provider(quantization)))
+        # qwix quantizes each kernel as its op runs: a BatchNorm folded into the kernel
+        # first would give another quantized model than the one trained or calibrated.
+        _CLASSES[key].fold_batch_norm = False
     # qwix quantizes a Linen model by giving a copy an intercepting subclass; one subclass
     # per setting keeps two builds of one config equal (benchmark compares them).
     quantized = model.copy()
