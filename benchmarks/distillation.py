@@ -99,6 +99,9 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--teacher_seeds", default="", help="teacher seeds (default: --seeds)")
+    parser.add_argument(
+        "--schedule", default="", help='"long": configs/distill.py\'s 2000-step students'
+    )
     parser.add_argument("--out", default="", help="JSON lines file for the results")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -107,9 +110,10 @@ def main() -> None:
     _run("configs/quickstart.py", teacher, f"--config.seed={seeds[0]}")
     for seed in seeds:
         for method in args.methods.split(","):
-            wd = os.path.join(args.root, f"{method}_s{seed}")
+            suffix = f",{args.schedule}" if args.schedule else ""
+            wd = os.path.join(args.root, f"{method}{suffix.replace(',', '_')}_s{seed}")
             extra = [] if method == "alone" else [f"--config.distill.teacher={teacher}"]
-            _run(f"configs/distill.py:{method}", wd, f"--config.seed={seed}", *extra)
+            _run(f"configs/distill.py:{method}{suffix}", wd, f"--config.seed={seed}", *extra)
             rows.append({"method": method, "seed": seed, **_summary(wd)})
     # The teacher's own spread over seeds (the students all learn from the first).
     for seed in [int(s) for s in args.teacher_seeds.split(",") if s] or seeds:
