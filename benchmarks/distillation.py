@@ -5,7 +5,8 @@
 
 Trains the quick-start CNN teacher, then per seed the configs/distill.py student alone, with
 `soft`, `hard` and `deit` distillation from that (first seed's) teacher, then the teacher with
-the other seeds for its own spread; one run at a time.
+the other seeds for its own spread; one run at a time. `--schedule=long` runs the students
+of `configs/distill.py:METHOD,long` (2000 steps) into workdirs named `METHOD_long_sSEED`.
 Each run's final test accuracy, student-teacher agreement and median step time go into one
 JSON line; the table (mean, min-max over seeds) is printed at the end. The teacher's forward
 cost per step is measured twice: as the step-time difference between the distilled and the
