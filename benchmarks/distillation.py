@@ -5,7 +5,8 @@
 
 Trains the quick-start CNN teacher, then per seed the configs/distill.py student alone, with
 `soft`, `hard` and `deit` distillation from that (first seed's) teacher, then the teacher with
-the other seeds for its own spread; one run at a time.
+the other seeds for its own spread; one run at a time. `--schedule=long` runs the students
+of `configs/distill.py:METHOD,long` (2000 steps) into workdirs named `METHOD_long_sSEED`.
 Each run's final test accuracy, student-teacher agreement and median step time go into one
 JSON line; the table (mean, min-max over seeds) is printed at the end. The teacher's forward
 cost per step is measured twice: as the step-time difference between the distilled and the
@@ -99,6 +100,9 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--teacher_seeds", default="", help="teacher seeds (default: --seeds)")
+    parser.add_argument(
+        "--schedule", default="", help='"long": configs/distill.py\'s 2000-step students'
+    )
     parser.add_argument("--out", default="", help="JSON lines file for the results")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -107,9 +111,10 @@ def main() -> None:
     _run("configs/quickstart.py", teacher, f"--config.seed={seeds[0]}")
     for seed in seeds:
         for method in args.methods.split(","):
-            wd = os.path.join(args.root, f"{method}_s{seed}")
+            suffix = f",{args.schedule}" if args.schedule else ""
+            wd = os.path.join(args.root, f"{method}{suffix.replace(',', '_')}_s{seed}")
             extra = [] if method == "alone" else [f"--config.distill.teacher={teacher}"]
-            _run(f"configs/distill.py:{method}", wd, f"--config.seed={seed}", *extra)
+            _run(f"configs/distill.py:{method}{suffix}", wd, f"--config.seed={seed}", *extra)
             rows.append({"method": method, "seed": seed, **_summary(wd)})
     # The teacher's own spread over seeds (the students all learn from the first).
     for seed in [int(s) for s in args.teacher_seeds.split(",") if s] or seeds:
