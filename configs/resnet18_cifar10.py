@@ -15,7 +15,8 @@ from jaxvision import config as config_lib
 
 
 def get_config(arg: str | None = None):
-    """ResNet-18 CIFAR-10 recipe; arg "smoke" shrinks it to a width-1/4 net on shapes."""
+    """ResNet-18 CIFAR-10 recipe; arg "smoke" shrinks it to a width-1/4 net on shapes, arg
+    "shapes" trains that net on offline 6-class shapes (the compression table's ResNet)."""
     args = (arg or "").split(",")
     c = config_lib.base()
     c.model = config_lib.model("resnet18", stem="cifar")
@@ -34,4 +35,20 @@ def get_config(arg: str | None = None):
     c.checkpoint_every_steps = 2000
     if "smoke" in args:
         c.model = config_lib.model("resnet18", stem="cifar", width=0.25)
+    if "shapes" in args:
+        _small_resnet_on_shapes(c)
     return config_lib.finalize(c, arg)
+
+
+def _small_resnet_on_shapes(c) -> None:
+    """A width-1/4 ResNet-18 on 6-class 32px `shapes`: the same recipe, 600 steps."""
+    c.model = config_lib.model("resnet18", stem="cifar", width=0.25)
+    c.dataset.name = "shapes"
+    c.dataset.num_classes = 6
+    c.dataset.image_size = 32
+    c.dataset.train_pp = ""  # the catalog's: decode, resize, flip, value range
+    c.num_train_steps = 600
+    c.schedule.warmup_epochs = 0.0
+    c.schedule.warmup_steps = 30
+    c.eval_every_steps = 300
+    c.checkpoint_every_steps = 300
