@@ -4,12 +4,12 @@
         --steps=16 "" "xla:xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_REDUCE"
     python benchmarks/interleaved_ab.py --config=... --what=infer "" "grad_accum_steps=4"
     python benchmarks/interleaved_ab.py --config=benchmarks/peer_configs.py:resnet18_cifar \
-        --what=infer --steps=10 "" "fold=0"
+        --what=infer --steps=10 "" "fold=1"
 
 Each positional argument is one variant: `;`-separated `key=value` config overrides
 (`model.scan=True`), `xla:option=value` per-executable XLA options (on top of
-`jaxvision/backend/xla_options.py`'s; `xla:option=` with no value drops one) and `fold=0`
-(the eval forward without BatchNorm folding, `jaxvision.batchnorm_folding`). The empty string is
+`jaxvision/backend/xla_options.py`'s; `xla:option=` with no value drops one) and `fold=1`
+(the eval forward with BatchNorm folded, `jaxvision.batchnorm_folding`). The empty string is
 the config as it is; `--common` overrides apply to every variant. Every variant is built
 and compiled exactly as `jaxvision.benchmark` builds it; then the timed loop runs one step
 of each variant in turn, so a change in the machine's load hits all of them alike, which
@@ -28,9 +28,9 @@ import time
 
 def apply_variant(config, variant: str) -> tuple[dict[str, str], bool]:
     """Applies `variant`'s config overrides to `config`; returns its XLA option changes and
-    whether its eval forward folds BatchNorm (`fold=0` turns that off)."""
+    whether its eval forward folds BatchNorm (`fold=1` turns that on)."""
     xla: dict[str, str] = {}
-    fold = True
+    fold = False
     for item in filter(None, (part.strip() for part in variant.split(";"))):
         key, sep, value = item.partition("=")
         if not sep:

@@ -124,7 +124,8 @@ def test_a_quantized_model_is_not_folded():
     )
     quantized = quantized_model.apply(model, qat)
     assert quantized.fold_batch_norm is False  # qwix quantizes the kernel it sees
-    text = jax.jit(lambda v, x: backend.forward(quantized, v, x)).lower(variables, images)
+    with backend.folding(True):
+        text = jax.jit(lambda v, x: backend.forward(quantized, v, x)).lower(variables, images)
     with backend.folding(False):
         plain = jax.jit(lambda v, x: backend.forward(quantized, v, x)).lower(variables, images)
     assert text.as_text() == plain.as_text()

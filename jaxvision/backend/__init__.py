@@ -4,8 +4,8 @@ The rest of the code calls this small interface without knowing the backend:
 
 - `jit(fn, ...)`: `jax.jit` plus XLA:CPU's compiler options on CPU (`xla_options`);
 - `train_loss(loss_fn, ...)` / `forward(...)`: a step over independent slices of the batch
-  (`branches`), which XLA:CPU can run side by side; `forward` (eval mode) also folds
-  BatchNorm into the convolution before it (`jaxvision.batchnorm_folding`);
+  (`branches`), which XLA:CPU can run side by side; `forward` (eval mode) can also fold
+  BatchNorm into the convolution before it (`folding(True)`, off by default);
 - `tune_model(model)`: Winograd 3x3 convolutions for ResNets on CPU (`winograd`);
 - `prepare_process()` and `configure_compile_cache(dir)`: process set-up for the
   command-line entry points (huge pages: `host_memory`; `compile_cache`);
@@ -27,8 +27,10 @@ RETIRED_MODEL_KEYS = ("winograd",)
 # anything imports JAX, and the process may re-execute itself right then.
 
 _forced_platform: str | None = None
-# Whether eval-mode forwards fold BatchNorm into convolutions on CPU (A/B: `folding(False)`).
-_fold_batch_norm = True
+# Whether eval-mode forwards fold BatchNorm into convolutions on CPU. Off: XLA:CPU already
+# fuses the eval BatchNorm into the loop after each convolution, and folding measured no
+# faster (docs/performance.md, "Folding, measured"); `folding(True)` for A/B runs.
+_fold_batch_norm = False
 
 # Executables run once (init): XLA:CPU's slow optimisation passes are wasted on them; a
 # ResNet-18's init (dozens of RNG calls) compiles in a third of the time without them.
@@ -104,9 +106,9 @@ def train_loss(
 
 
 def forward(model: Any, variables: dict, images: Any) -> Any:
-    """Eval-mode logits [N, K] of `model`, over this platform's branches of the batch; on CPU
-    with BatchNorm folded into the convolutions before it (`batchnorm_folding`), unless the
-    model's class sets `fold_batch_norm = False` (quantized models)."""
+    """Eval-mode logits [N, K] of `model`, over this platform's branches of the batch; within
+    `folding(True)` on CPU with BatchNorm folded into the convolutions before it
+    (`batchnorm_folding`), unless the model's class sets `fold_batch_norm = False`."""
     from jaxvision import batchnorm_folding
     from jaxvision.backend import branches
 
