@@ -36,6 +36,8 @@ def _eval(model):
     return lambda v, x: model.apply(v, x, train=False)
 
 
+# Slow: folding is off by default; these build and compile a ResNet (~20 s in all).
+@pytest.mark.slow
 def test_every_conv_batchnorm_pair_of_a_resnet_is_found():
     model, variables, images = _resnet_with_statistics()
     pairs = batchnorm_folding.conv_norm_pairs(_eval(model), variables, images)
@@ -45,6 +47,7 @@ def test_every_conv_batchnorm_pair_of_a_resnet_is_found():
     assert pairs[("stage2_block1", "proj_bn")] == ("stage2_block1", "proj_conv")
 
 
+@pytest.mark.slow
 def test_folded_forward_equals_the_unfolded_one_within_float32_rounding():
     model, variables, images = _resnet_with_statistics()
     folded_vars, folded_apply = batchnorm_folding.fold_forward(_eval(model), variables, images)
@@ -61,6 +64,7 @@ def test_folded_forward_equals_the_unfolded_one_within_float32_rounding():
     assert np.argmax(folded, -1).tolist() == np.argmax(plain, -1).tolist()
 
 
+@pytest.mark.slow
 def test_the_cpu_eval_forward_folds_and_keeps_the_outputs():
     model, variables, images = _resnet_with_statistics()
     model = backend.tune_model(model)  # Winograd on CPU: folding must compose with it
@@ -113,6 +117,7 @@ def test_a_conv_output_read_by_two_modules_is_not_folded(shared):
     assert pairs == ({} if shared else {("BatchNorm_0",): ("Conv_0",)})
 
 
+@pytest.mark.slow
 def test_a_quantized_model_is_not_folded():
     import ml_collections
 
