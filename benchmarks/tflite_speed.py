@@ -19,18 +19,6 @@ import os
 import tempfile
 
 
-def _cpu() -> str:
-    """The CPU model (Linux /proc/cpuinfo), else the architecture."""
-    import platform
-
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        return names[0] if names else platform.machine()
-    except OSError:
-        return platform.machine()
-
-
 def main() -> None:
     """Exports, reloads, checks agreement and times the five forwards side by side."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -46,7 +34,7 @@ def main() -> None:
     import jax
     import numpy as np
 
-    from jaxvision import data, export, export_int8, export_tflite, parallel
+    from jaxvision import data, export, export_int8, export_tflite, matmul_peak, parallel
     from jaxvision import workdir as workdir_lib
     from jaxvision.compression import report
 
@@ -94,7 +82,7 @@ def main() -> None:
         "model": run.config.model.name,
         "dataset": run.info.spec.name,
         "batch_size": int(images.shape[0]),
-        "cpu": _cpu(),
+        "cpu": matmul_peak.machine()["cpu"],
         "tflite_threads": args.threads,
         "img_per_s": {k: round(v, 1) for k, v in speed.items()},
         "tflite_bytes": sizes,

@@ -20,7 +20,6 @@ layer, img/s).
 
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from jaxvision import (
     checkpoint,
     command_line,
     data,
+    matmul_peak,
     parallel,
     step_factory,
     train,
@@ -202,16 +202,6 @@ def _restore_opt_state(finetune_dir: str, tuned: workdir_lib.LoadedRun) -> Any:
     return state.opt_state
 
 
-def _cpu_name() -> str:
-    """The CPU model the speeds were measured on (Linux), else the architecture."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        return names[0] if names else platform.machine()
-    except OSError:
-        return platform.machine()
-
-
 def _weight_only_forward(model, final: dict, stored: Any, int8: bool) -> tuple[Any, dict]:
     """The forward pass of a weight-only compressed model and the variables it takes."""
     if not int8:
@@ -269,7 +259,7 @@ def _measure(src, comp_fn, comp_vars: dict, rounds: int, calls: int) -> dict:
     result["img_per_s"] = {
         **{k: round(v, 1) for k, v in speed.items()},
         "batch_size": int(images.shape[0]),
-        "cpu": _cpu_name(),
+        "cpu": matmul_peak.machine()["cpu"],
         "devices": jax.device_count(),
     }
     return result
