@@ -6,7 +6,9 @@
 Trains the quick-start CNN teacher, then per seed the configs/distill.py student alone, with
 `soft`, `hard` and `deit` distillation from that (first seed's) teacher, then the teacher with
 the other seeds for its own spread; one run at a time. `--schedule=long` runs the students
-of `configs/distill.py:METHOD,long` (2000 steps) into workdirs named `METHOD_long_sSEED`.
+of `configs/distill.py:METHOD,long` (2000 steps) into workdirs named `METHOD_long_sSEED`;
+`--schedule=few` those of `METHOD,few` (2000 steps on the first 500 training images), with
+teachers trained on the same 500 images (`teacher_few_sSEED`).
 Each run's final test accuracy, student-teacher agreement and median step time go into one
 JSON line; the table (mean, min-max over seeds) is printed at the end. The teacher's forward
 cost per step is measured twice: as the step-time difference between the distilled and the
@@ -24,6 +26,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # this checkout's jaxvision, as the runs' `python -m` from REPO use
 METHODS = ("alone", "soft", "hard", "deit")
+FEW_LABELS = 500  # configs/distill.py's FEW_LABELS
 
 
 def _run(config: str, workdir: str, *overrides: str) -> None:
@@ -101,14 +104,25 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--teacher_seeds", default="", help="teacher seeds (default: --seeds)")
     parser.add_argument(
-        "--schedule", default="", help='"long": configs/distill.py\'s 2000-step students'
+        "--schedule",
+        default="",
+        help='"long": configs/distill.py\'s 2000-step students; "few": on 500 labels',
     )
     parser.add_argument("--out", default="", help="JSON lines file for the results")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = []
-    teacher = os.path.join(args.root, f"teacher_s{seeds[0]}")
-    _run("configs/quickstart.py", teacher, f"--config.seed={seeds[0]}")
+    few = args.schedule == "few"
+    # With few labels the teacher learns from the students' images only (no extra data), for
+    # the quick start's 375 steps (96 epochs of the 500 images instead of 12 of 4,000).
+    teacher_args = (
+        [f"--config.dataset.train_split=train[:{FEW_LABELS}]", "--config.num_train_steps=375"]
+        if few
+        else []
+    )
+    teacher_name = "teacher_few" if few else "teacher"
+    teacher = os.path.join(args.root, f"{teacher_name}_s{seeds[0]}")
+    _run("configs/quickstart.py", teacher, f"--config.seed={seeds[0]}", *teacher_args)
     for seed in seeds:
         for method in args.methods.split(","):
             suffix = f",{args.schedule}" if args.schedule else ""
@@ -118,8 +132,8 @@ def main() -> None:
             rows.append({"method": method, "seed": seed, **_summary(wd)})
     # The teacher's own spread over seeds (the students all learn from the first).
     for seed in [int(s) for s in args.teacher_seeds.split(",") if s] or seeds:
-        wd = os.path.join(args.root, f"teacher_s{seed}")
-        _run("configs/quickstart.py", wd, f"--config.seed={seed}")
+        wd = os.path.join(args.root, f"{teacher_name}_s{seed}")
+        _run("configs/quickstart.py", wd, f"--config.seed={seed}", *teacher_args)
         rows.append({"method": "teacher", "seed": seed, **_summary(wd)})
     forward = teacher_forward_ms(teacher, batch=128)
     rows.append({"method": "teacher_forward", "batch": 128, "forward_ms": forward})

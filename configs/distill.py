@@ -29,10 +29,12 @@ drop-path 0.1, as in Touvron et al. 2021 (their RegNetY-16GF teacher gave DeiT-T
 from jaxvision import config as config_lib
 
 STUDENT_ARGS = ("alone", "soft", "hard", "deit")
+FEW_LABELS = 500  # ARG "few": the training images both teacher and student learn from
 
 
-def _offline(c, loss: str, long: bool = False) -> None:
-    """The mnist5k student: a tiny ViT, mixup for consistent teaching, 500 steps (2000 long)."""
+def _offline(c, loss: str, long: bool = False, few: bool = False) -> None:
+    """The mnist5k student: a tiny ViT, mixup for consistent teaching, 500 steps (2000 long);
+    `few`: 2000 steps on the first FEW_LABELS training images only."""
     c.model = config_lib.model(
         "vit_ti8", depth=2, hidden_size=64, num_heads=2, mlp_dim=128, image_size=32
     )
@@ -52,6 +54,11 @@ def _offline(c, loss: str, long: bool = False) -> None:
     if loss != "none":
         c.distill.loss = loss
         c.distill.teacher_image_size = 28  # the quick-start CNN's input: mnist5k's own size
+    if few:
+        # The regime where a teacher matters most: few labelled images. Teacher and student
+        # learn from the same FEW_LABELS images; the student sees them for 512 epochs.
+        c.dataset.train_split = f"train[:{FEW_LABELS}]"
+        long = True
     if long:
         # Distillation's gains come from long student schedules (Beyer et al. 2022).
         c.num_train_steps = 2000
@@ -93,12 +100,14 @@ def _imagenet(c) -> None:
 
 def get_config(arg: str | None = None):
     """Distillation configs; arg one of "alone" (default), "soft", "hard", "deit", "imagenet",
-    each optionally with ",long" (2000 student steps) and ",smoke"."""
+    each optionally with ",long" (2000 student steps), ",few" (2000 steps on 500 labelled
+    images) and ",smoke"."""
     args = [a for a in (arg or "").split(",") if a]
     c = config_lib.base()
     if "imagenet" in args:
         _imagenet(c)
     else:
         chosen = [a for a in args if a in STUDENT_ARGS] or ["alone"]
-        _offline(c, "none" if chosen[0] == "alone" else chosen[0], long="long" in args)
+        loss = "none" if chosen[0] == "alone" else chosen[0]
+        _offline(c, loss, long="long" in args, few="few" in args)
     return config_lib.finalize(c, ",".join(a for a in args if a == "smoke"))
