@@ -8,8 +8,9 @@
 
 Each positional argument is one variant: `;`-separated `key=value` config overrides
 (`model.scan=True`), `xla:option=value` per-executable XLA options (on top of
-`jaxvision/backend/xla_options.py`'s; `xla:option=` with no value drops one) and `fold=1`
-(the eval forward with BatchNorm folded, `jaxvision.batchnorm_folding`). The empty string is
+`jaxvision/backend/xla_options.py`'s; `xla:option=` with no value drops one), `fold=1`
+(the eval forward with BatchNorm folded, `jaxvision.batchnorm_folding`) and `pointwise=0`
+(1x1 convolutions left as convolutions, not `backend/pointwise.py`'s matmuls). The empty string is
 the config as it is; `--common` overrides apply to every variant. Every variant is built
 and compiled exactly as `jaxvision.benchmark` builds it; then the timed loop runs one step
 of each variant in turn, so a change in the machine's load hits all of them alike, which
@@ -26,11 +27,12 @@ import statistics
 import time
 
 
-def apply_variant(config, variant: str) -> tuple[dict[str, str], bool]:
-    """Applies `variant`'s config overrides to `config`; returns its XLA option changes and
-    whether its eval forward folds BatchNorm (`fold=1` turns that on)."""
+def apply_variant(config, variant: str) -> tuple[dict[str, str], bool, bool]:
+    """Applies `variant`'s config overrides to `config`; returns its XLA option changes,
+    whether its eval forward folds BatchNorm (`fold=1`) and whether 1x1 convolutions run as
+    matmuls (`pointwise=0` turns that off)."""
     xla: dict[str, str] = {}
-    fold = False
+    fold, pointwise_dots = False, True
     for item in filter(None, (part.strip() for part in variant.split(";"))):
         key, sep, value = item.partition("=")
         if not sep:
@@ -40,6 +42,9 @@ def apply_variant(config, variant: str) -> tuple[dict[str, str], bool]:
             continue
         if key == "fold":
             fold = bool(int(value))
+            continue
+        if key == "pointwise":
+            pointwise_dots = bool(int(value))
             continue
         *path, last = key.split(".")
         node = config
@@ -52,7 +57,7 @@ def apply_variant(config, variant: str) -> tuple[dict[str, str], bool]:
             node[last] = value
         else:
             node[last] = type(old)(ast.literal_eval(value)) if old is not None else value
-    return xla, fold
+    return xla, fold, pointwise_dots
 
 
 def main() -> None:
@@ -69,7 +74,7 @@ def main() -> None:
 
     from jaxvision import backend, parallel
     from jaxvision import config as config_lib
-    from jaxvision.backend import xla_options
+    from jaxvision.backend import pointwise, xla_options
     from jaxvision.benchmark import Bench
 
     variants = args.variants or [""]
@@ -77,7 +82,8 @@ def main() -> None:
     for variant in variants:
         config = config_lib.load(args.config)
         config.unlock()
-        xla, fold = apply_variant(config, f"{args.common};{variant}")
+        xla, fold, pointwise_dots = apply_variant(config, f"{args.common};{variant}")
+        saved = pointwise.set_enabled(pointwise_dots)
         with xla_options.overridden(xla), backend.folding(fold):
             # Process-wide: variants that differ in it fail here with a clear error.
             parallel.set_cpu_devices(config.parallel.cpu_devices)
@@ -85,6 +91,7 @@ def main() -> None:
             bench.compile()
             # The forward pass compiles on its first call: under the same options.
             jax.block_until_ready(bench.infer_fn(bench.state, bench.eval_images[0]))
+        pointwise.set_enabled(saved)
         benches.append(bench)
 
     def run(bench, i: int):

@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxvision.backend import pointwise
+
 # F(4x4, 3x3) on the points 0, +-1, +-2 and infinity: input transform B^T (6x6), kernel
 # transform G (6x3), output transform A^T (4x6).
 _BT = np.array(
@@ -231,6 +233,17 @@ def conv_general_dilated(
         # A symbolic batch (jax.export) has no size to decide by: the direct convolution.
         and all(isinstance(d, int) for d in lhs.shape)
     )
+    if not kwargs and pointwise.applies(
+        lhs,
+        rhs,
+        window_strides,
+        padding,
+        lhs_dilation,
+        rhs_dilation,
+        dimension_numbers,
+        feature_group_count,
+    ):
+        return pointwise.conv1x1(lhs, rhs, window_strides, precision)
     if plain and (
         is_faster(lhs.shape, rhs.shape, lhs.dtype)
         or kernel_gradient_is_faster(lhs.shape, rhs.shape, lhs.dtype)

@@ -1,0 +1,68 @@
+"""1x1 convolutions as matrix products on CPU: [N*H*W, C] x [C, K], strided by a slice.
+
+A 1x1 convolution is a matmul over the pixels. Written as `lax.dot_general`, its forward
+pass, input gradient and kernel gradient are three plain matmuls that XLA:CPU runs as
+dots, where the convolution form goes through Eigen's convolution kernels and, for the
+kernel gradient, a transposed copy of the activations. A stride-2 1x1 convolution (a
+ResNet's projection shortcut) reads every other pixel: the same matmul on a strided slice.
+Same function, same [1, 1, C, K] kernel layout, so parameters and checkpoints do not change;
+on GPU and TPU (whose libraries choose their own algorithms) this is never used.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+_enabled = True
+
+
+def set_enabled(enabled: bool) -> bool:
+    """Turns the 1x1-as-matmul rewrite on or off for models traced later; returns the old
+    setting (A/B runs: `benchmarks/interleaved_ab.py`'s `pointwise=0`)."""
+    global _enabled
+    old, _enabled = _enabled, enabled
+    return old
+
+
+def _no_padding(padding: Any) -> bool:
+    if isinstance(padding, str):
+        return padding in ("SAME", "VALID")  # a 1x1 window never pads
+    return all(tuple(p) == (0, 0) for p in padding)
+
+
+def applies(
+    lhs: jnp.ndarray,
+    rhs: jnp.ndarray,
+    window_strides: Sequence[int],
+    padding: Any,
+    lhs_dilation: Sequence[int] | None,
+    rhs_dilation: Sequence[int] | None,
+    dimension_numbers: Any,
+    feature_group_count: int,
+) -> bool:
+    """Whether this convolution is a plain NHWC 1x1 one this platform runs faster as a dot."""
+    return (
+        _enabled
+        and jax.default_backend() == "cpu"
+        and lhs.ndim == 4
+        and tuple(rhs.shape[:2]) == (1, 1)
+        and feature_group_count == 1
+        and _no_padding(padding)
+        and all(d == 1 for d in (lhs_dilation or (1, 1)))
+        and all(d == 1 for d in (rhs_dilation or (1, 1)))
+        and dimension_numbers == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+    )
+
+
+def conv1x1(
+    x: jnp.ndarray, kernel: jnp.ndarray, window_strides: Sequence[int], precision: Any = None
+) -> jnp.ndarray:
+    """The 1x1 NHWC convolution of `x` by the HWIO `kernel` [1, 1, C, K] as a dot."""
+    sh, sw = window_strides
+    if (sh, sw) != (1, 1):
+        x = x[:, ::sh, ::sw, :]
+    return lax.dot_general(x, kernel[0, 0], (((3,), (0,)), ((), ())), precision=precision)
