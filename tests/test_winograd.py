@@ -123,7 +123,9 @@ def test_resnet_is_the_same_function_with_and_without_winograd():
         )
         for m in (fast, plain)
     ]
-    assert convs[1] - convs[0] == 3  # stage 2: block1's conv2, block2's conv1 and conv2
+    # Winograd in stage 2 (block1's conv2, block2's conv1 and conv2), and the three 1x1
+    # projection shortcuts as matmuls (backend/pointwise.py).
+    assert convs[1] - convs[0] == 3 + 3
     got = jax.jit(lambda v, x: fast.apply(v, x, train=False))(variables, x)
     want = jax.jit(lambda v, x: plain.apply(v, x, train=False))(variables, x)
     np.testing.assert_allclose(got, want, atol=1e-4 * float(jnp.max(jnp.abs(want))))
