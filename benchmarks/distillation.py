@@ -26,6 +26,8 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # this checkout's jaxvision, as the runs' `python -m` from REPO use
 METHODS = ("alone", "soft", "hard", "deit")
+# --methods=unlabelled (with --schedule=few): `soft` on all 4,000 images, none of their labels.
+EXTRA_METHODS = ("unlabelled",)
 FEW_LABELS = 500  # configs/distill.py's FEW_LABELS
 
 
@@ -81,7 +83,7 @@ def _table(rows: list[dict]) -> str:
         "| method | seeds | test accuracy, mean [min-max] | agreement with teacher | step ms |",
         "|---|---|---|---|---|",
     ]
-    for method in ("teacher", *METHODS):
+    for method in ("teacher", *METHODS, *EXTRA_METHODS):
         got = [r for r in rows if r["method"] == method]
         if not got:
             continue
@@ -128,7 +130,8 @@ def main() -> None:
             suffix = f",{args.schedule}" if args.schedule else ""
             wd = os.path.join(args.root, f"{method}{suffix.replace(',', '_')}_s{seed}")
             extra = [] if method == "alone" else [f"--config.distill.teacher={teacher}"]
-            _run(f"configs/distill.py:{method}{suffix}", wd, f"--config.seed={seed}", *extra)
+            arg = "soft,unlabelled" if method == "unlabelled" else method
+            _run(f"configs/distill.py:{arg}{suffix}", wd, f"--config.seed={seed}", *extra)
             rows.append({"method": method, "seed": seed, **_summary(wd)})
     # The teacher's own spread over seeds (the students all learn from the first).
     for seed in [int(s) for s in args.teacher_seeds.split(",") if s] or seeds:

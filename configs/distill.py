@@ -32,9 +32,11 @@ STUDENT_ARGS = ("alone", "soft", "hard", "deit")
 FEW_LABELS = 500  # ARG "few": the training images both teacher and student learn from
 
 
-def _offline(c, loss: str, long: bool = False, few: bool = False) -> None:
+def _offline(c, loss: str, long: bool = False, few: bool = False, unlabelled: bool = False) -> None:
     """The mnist5k student: a tiny ViT, mixup for consistent teaching, 500 steps (2000 long);
-    `few`: 2000 steps on the first FEW_LABELS training images only."""
+    `few`: 2000 steps on the first FEW_LABELS training images only; `unlabelled`: function
+    matching on all 4,000 training images without their labels (a teacher that learned
+    from the FEW_LABELS images labels them)."""
     c.model = config_lib.model(
         "vit_ti8", depth=2, hidden_size=64, num_heads=2, mlp_dim=128, image_size=32
     )
@@ -58,6 +60,14 @@ def _offline(c, loss: str, long: bool = False, few: bool = False) -> None:
         # The regime where a teacher matters most: few labelled images. Teacher and student
         # learn from the same FEW_LABELS images; the student sees them for 512 epochs.
         c.dataset.train_split = f"train[:{FEW_LABELS}]"
+        long = True
+    if unlabelled:
+        if loss != "soft":
+            raise ValueError(
+                f'ARG "unlabelled" needs "soft" (function matching, label weight 0), got {loss!r}.'
+            )
+        # Every training image, none of its labels: with w = 1 the label loss has weight 0.
+        c.dataset.train_split = "train"
         long = True
     if long:
         # Distillation's gains come from long student schedules (Beyer et al. 2022).
@@ -101,7 +111,7 @@ def _imagenet(c) -> None:
 def get_config(arg: str | None = None):
     """Distillation configs; arg one of "alone" (default), "soft", "hard", "deit", "imagenet",
     each optionally with ",long" (2000 student steps), ",few" (2000 steps on 500 labelled
-    images) and ",smoke"."""
+    images), ",unlabelled" ("soft" only: on all 4,000 images without labels) and ",smoke"."""
     args = [a for a in (arg or "").split(",") if a]
     c = config_lib.base()
     if "imagenet" in args:
@@ -109,5 +119,5 @@ def get_config(arg: str | None = None):
     else:
         chosen = [a for a in args if a in STUDENT_ARGS] or ["alone"]
         loss = "none" if chosen[0] == "alone" else chosen[0]
-        _offline(c, loss, long="long" in args, few="few" in args)
+        _offline(c, loss, long="long" in args, few="few" in args, unlabelled="unlabelled" in args)
     return config_lib.finalize(c, ",".join(a for a in args if a == "smoke"))
