@@ -109,7 +109,7 @@ def time_calls(fn: Callable[[int], Any], warmup: int, steps: int) -> list[float]
     return out
 
 
-def _model_inputs(config) -> tuple[tuple[int, int, int], int]:
+def model_inputs(config) -> tuple[tuple[int, int, int], int]:
     """The config's input shape and class count, without reading or preparing the dataset."""
     from jaxvision.data import catalog
 
@@ -146,7 +146,7 @@ class Bench:
         from jaxvision import step_factory
 
         self.config = config
-        self.shape, num_classes = _model_inputs(config)
+        self.shape, num_classes = model_inputs(config)
         self.num_classes = num_classes
         # The schedule's values do not change the step's cost; a long nominal run keeps any
         # warmup (in steps or epochs) valid without knowing the dataset's size.
