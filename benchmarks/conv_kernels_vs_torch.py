@@ -12,7 +12,9 @@ memory, under `torch.no_grad()` (the oneDNN kernels torch.compile also calls for
 convolutions). With `--backward`, also the input and kernel gradients (a `jax.vjp` against
 `torch.autograd.grad`). One JSON line per shape (medians in ms, GFLOP/s, the count, the
 ratio torch/jax: > 1 means jaxvision is faster), then a total line weighting each shape by
-its count: how much of a whole forward the kernels alone explain. Needs torch
+its count: how much of a whole forward the kernels alone explain. All jaxvision timings run
+before all PyTorch ones, so PyTorch's spinning OpenMP threads never share the cores with
+XLA's kernels. Needs torch
 (`pip install -e ".[torch]"`).
 """
 
@@ -88,28 +90,46 @@ def conv_flops(conv: dict) -> float:
     return 2.0 * n * oh * ow * kh * kw * c * k
 
 
-def time_shape(conv: dict, repeats: int, backward: bool) -> dict:
-    """Milliseconds of one convolution in jaxvision and in PyTorch (NCHW, channels-last)."""
+def _inputs(conv: dict) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(conv["input"], dtype=np.float32)
+    return x, rng.standard_normal(conv["kernel"], dtype=np.float32) * 0.05
+
+
+def time_jax(conv: dict, repeats: int, backward: bool) -> dict:
+    """Milliseconds of one convolution as jaxvision's model runs it (and its gradients)."""
     import jax
-    import torch
-    import torch.nn.functional as F
     from jax import lax
 
     from jaxvision.backend import winograd, xla_options
 
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal(conv["input"], dtype=np.float32)
-    w = rng.standard_normal(conv["kernel"], dtype=np.float32) * 0.05
+    x, w = _inputs(conv)
     dims = lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
 
-    def jax_conv(a, b):
+    def conv_fn(a, b):
         return winograd.conv_general_dilated(
             a, b, conv["strides"], conv["padding"], dimension_numbers=dims
         )
 
     options = xla_options.compiler_options()
-    forward = jax.jit(jax_conv, compiler_options=options)
+    forward = jax.jit(conv_fn, compiler_options=options)
     jx, jw = jax.device_put(x), jax.device_put(w)
+    row = {"jax_ms": median_ms(lambda: forward(jx, jw).block_until_ready(), repeats)}
+    if backward:
+        cotangent = forward(jx, jw)
+        grads = jax.jit(lambda a, b, g: jax.vjp(conv_fn, a, b)[1](g), compiler_options=options)
+        row["jax_backward_ms"] = median_ms(
+            lambda: jax.block_until_ready(grads(jx, jw, cotangent)), repeats
+        )
+    return row
+
+
+def time_torch(conv: dict, repeats: int, backward: bool) -> dict:
+    """Milliseconds of the same convolution in PyTorch, NCHW and channels-last."""
+    import torch
+    import torch.nn.functional as F
+
+    x, w = _inputs(conv)
     (pt, pb), (pl, pr) = conv["padding"]
     assert pt == pb and pl == pr, f"asymmetric padding {conv['padding']} has no conv2d twin"
     tx = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
@@ -117,24 +137,18 @@ def time_shape(conv: dict, repeats: int, backward: bool) -> dict:
     tx_cl = tx.contiguous(memory_format=torch.channels_last)
     tw_cl = tw.contiguous(memory_format=torch.channels_last)
 
-    def torch_forward(a, b):
+    def forward(a, b):
         with torch.no_grad():
             return F.conv2d(a, b, stride=conv["strides"], padding=(pt, pl))
 
     row = {
-        "jax_ms": median_ms(lambda: forward(jx, jw).block_until_ready(), repeats),
-        "torch_ms": median_ms(lambda: torch_forward(tx, tw), repeats),
-        "torch_cl_ms": median_ms(lambda: torch_forward(tx_cl, tw_cl), repeats),
+        "torch_ms": median_ms(lambda: forward(tx, tw), repeats),
+        "torch_cl_ms": median_ms(lambda: forward(tx_cl, tw_cl), repeats),
     }
     if backward:
-        cotangent = jax.device_put(np.asarray(forward(jx, jw)))
-        grads = jax.jit(lambda a, b, g: jax.vjp(jax_conv, a, b)[1](g), compiler_options=options)
-        row["jax_backward_ms"] = median_ms(
-            lambda: jax.block_until_ready(grads(jx, jw, cotangent)), repeats
-        )
         ta, tb = tx.clone().requires_grad_(), tw.clone().requires_grad_()
         out = F.conv2d(ta, tb, stride=conv["strides"], padding=(pt, pl))
-        g = torch.from_numpy(np.asarray(cotangent)).permute(0, 3, 1, 2).contiguous()
+        g = torch.randn_like(out)
         row["torch_backward_ms"] = median_ms(
             lambda: torch.autograd.grad(out, (ta, tb), g, retain_graph=True), repeats
         )
@@ -157,9 +171,14 @@ def main() -> None:
     torch.set_num_threads(2)
     machine = matmul_peak.machine()
     total: collections.Counter = collections.Counter()
-    for conv, count in forward_convolutions(args.config, args.batch):
+    convs = forward_convolutions(args.config, args.batch)
+    # Every jaxvision timing first, then every PyTorch one: PyTorch's OpenMP threads keep
+    # spinning for a while after each op and would take the cores from XLA's next kernel.
+    rows = [time_jax(conv, args.repeats, args.backward) for conv, _ in convs]
+    for row, (conv, _) in zip(rows, convs, strict=True):
+        row.update(time_torch(conv, args.repeats, args.backward))
+    for row, (conv, count) in zip(rows, convs, strict=True):
         flops = conv_flops(conv)
-        row = time_shape(conv, args.repeats, args.backward)
         for key, ms in row.items():
             total[key] += count * ms
         best_torch = min(row["torch_ms"], row["torch_cl_ms"])
@@ -181,4 +200,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from jaxvision import backend
+
+    backend.prepare_process()  # huge pages for XLA's buffers, as `jaxvision.benchmark`
     main()

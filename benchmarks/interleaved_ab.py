@@ -127,4 +127,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from jaxvision import backend
+
+    # The same process set-up as `jaxvision.benchmark` (huge pages for XLA's buffers).
+    backend.prepare_process()
     main()
