@@ -6,15 +6,15 @@
 Traces the config's eval-mode forward once to list its convolutions (input, kernel, stride,
 padding; how many times each shape occurs), then times each distinct one on the same random
 fp32 inputs with 2 threads on both sides: jaxvision's convolution as the model runs it
-(`backend/winograd.py` picks Winograd or `lax.conv_general_dilated`, jitted with the
-backend's XLA options) against `torch.nn.functional.conv2d` in NCHW and in channels-last
+(`backend/winograd.py` picks Winograd, a 1x1 matmul or `lax.conv_general_dilated`, jitted
+with the backend's XLA options) against `torch.nn.functional.conv2d` in NCHW and in channels-last
 memory, under `torch.no_grad()` (the oneDNN kernels torch.compile also calls for
 convolutions). With `--backward`, also the input and kernel gradients (a `jax.vjp` against
 `torch.autograd.grad`). One JSON line per shape (medians in ms, GFLOP/s, the count, the
 ratio torch/jax: > 1 means jaxvision is faster), then a total line weighting each shape by
-its count: how much of a whole forward the kernels alone explain. All jaxvision timings run
-before all PyTorch ones, so PyTorch's spinning OpenMP threads never share the cores with
-XLA's kernels. Needs torch
+its count: how much of a whole forward the kernels alone explain. The process re-executes
+with glibc's hugetlb tunable as `jaxvision.benchmark` does (`GLIBC_TUNABLES=
+glibc.malloc.hugetlb=0` to compare without); it applies to both frameworks. Needs torch
 (`pip install -e ".[torch]"`).
 """
 
@@ -172,8 +172,8 @@ def main() -> None:
     machine = matmul_peak.machine()
     total: collections.Counter = collections.Counter()
     convs = forward_convolutions(args.config, args.batch)
-    # Every jaxvision timing first, then every PyTorch one: PyTorch's OpenMP threads keep
-    # spinning for a while after each op and would take the cores from XLA's next kernel.
+    # Every jaxvision timing first, then every PyTorch one, so that one framework's thread
+    # pool is never still busy while the other's kernels run (measured: the sums moved < 2%).
     rows = [time_jax(conv, args.repeats, args.backward) for conv, _ in convs]
     for row, (conv, _) in zip(rows, convs, strict=True):
         row.update(time_torch(conv, args.repeats, args.backward))
