@@ -256,6 +256,18 @@ def test_config_checks_the_distill_section():
         check(loss="deit", teacher=os.path.join(REPO, "pyproject.toml"))
 
 
+def test_the_offline_recipes_few_labels_and_unlabelled_transfer():
+    recipe = os.path.join(REPO, "configs", "distill.py")
+    few = config_lib.load(f"{recipe}:deit,few")
+    assert (few.dataset.train_split, few.num_train_steps) == ("train[:500]", 2000)
+    transfer = config_lib.load(f"{recipe}:soft,few,unlabelled")
+    # Every training image, and the label loss weighted 0: the student reads no label.
+    assert transfer.dataset.train_split == "train"
+    assert (transfer.distill.weight, transfer.distill.temperature) == (1.0, 1.0)
+    with pytest.raises(ValueError, match='"unlabelled" needs "soft"'):
+        config_lib.load(f"{recipe}:deit,few,unlabelled")
+
+
 def _saved_cnn(path, num_classes):
     model = models.create("cnn", num_classes=num_classes, features=[8], hidden=[16])
     params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))["params"]
