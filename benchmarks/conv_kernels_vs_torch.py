@@ -6,7 +6,7 @@
 Traces the config's eval-mode forward once to list its convolutions (input, kernel, stride,
 padding; how many times each shape occurs), then times each distinct one on the same random
 fp32 inputs with 2 threads on both sides: jaxvision's convolution as the model runs it
-(`backend/winograd.py` picks Winograd, a 1x1 matmul or `lax.conv_general_dilated`, jitted
+(`backend/convolution.py` picks Winograd, a 1x1 matmul or `lax.conv_general_dilated`, jitted
 with the backend's XLA options) against `torch.nn.functional.conv2d` in NCHW and in channels-last
 memory, under `torch.no_grad()` (the oneDNN kernels torch.compile also calls for
 convolutions). With `--backward`, also the input and kernel gradients (a `jax.vjp` against
@@ -101,13 +101,13 @@ def time_jax(conv: dict, repeats: int, backward: bool) -> dict:
     import jax
     from jax import lax
 
-    from jaxvision.backend import winograd, xla_options
+    from jaxvision.backend import convolution, xla_options
 
     x, w = _inputs(conv)
     dims = lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
 
     def conv_fn(a, b):
-        return winograd.conv_general_dilated(
+        return convolution.conv_general_dilated(
             a, b, conv["strides"], conv["padding"], dimension_numbers=dims
         )
 

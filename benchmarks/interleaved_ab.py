@@ -83,15 +83,17 @@ def main() -> None:
         config = config_lib.load(args.config)
         config.unlock()
         xla, fold, pointwise_dots = apply_variant(config, f"{args.common};{variant}")
-        saved = pointwise.set_enabled(pointwise_dots)
-        with xla_options.overridden(xla), backend.folding(fold):
+        with (
+            xla_options.overridden(xla),
+            backend.folding(fold),
+            pointwise.enabled(pointwise_dots),
+        ):
             # Process-wide: variants that differ in it fail here with a clear error.
             parallel.set_cpu_devices(config.parallel.cpu_devices)
             bench = Bench(config)
             bench.compile()
             # The forward pass compiles on its first call: under the same options.
             jax.block_until_ready(bench.infer_fn(bench.state, bench.eval_images[0]))
-        pointwise.set_enabled(saved)
         benches.append(bench)
 
     def run(bench, i: int):

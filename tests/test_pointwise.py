@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from jaxvision.backend import pointwise, winograd
+from jaxvision.backend import convolution, pointwise
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -20,7 +20,7 @@ def _reference(x, kernel, strides, padding):
 
 def _backend(x, kernel, strides, padding):
     dims = lax.conv_dimension_numbers(x.shape, kernel.shape, _NHWC)
-    return winograd.conv_general_dilated(
+    return convolution.conv_general_dilated(
         x, kernel, strides, padding, dimension_numbers=dims, precision=lax.Precision.HIGHEST
     )
 
@@ -57,14 +57,19 @@ def test_same_outputs_and_gradients_as_the_convolution(shape, strides, padding):
 
 def test_other_convolutions_stay_convolutions():
     x = jnp.ones((1, 8, 8, 4))
-    dims = lax.conv_dimension_numbers(x.shape, (1, 1, 4, 4), _NHWC)
+    kernel = jnp.ones((1, 1, 4, 4))
     padded = ((1, 1), (1, 1))  # a padded 1x1 conv writes zeros at the border: not a matmul
-    assert not pointwise.applies(x, jnp.ones((1, 1, 4, 4)), (1, 1), padded, None, None, dims, 1)
-    assert not pointwise.applies(x, jnp.ones((1, 1, 2, 4)), (1, 1), "SAME", None, None, dims, 2)
-    assert not pointwise.applies(x, jnp.ones((1, 1, 4, 4)), (1, 1), "SAME", (2, 2), None, dims, 1)
-    assert pointwise.applies(x, jnp.ones((1, 1, 4, 4)), (2, 2), "SAME", None, None, dims, 1)
-    old = pointwise.set_enabled(False)
-    try:
-        assert not pointwise.applies(x, jnp.ones((1, 1, 4, 4)), (1, 1), "SAME", None, None, dims, 1)
-    finally:
-        pointwise.set_enabled(old)
+
+    def uses_dot(strides=(1, 1), padding="SAME", groups=1, lhs_dilation=None, k=kernel):
+        dims = lax.conv_dimension_numbers(x.shape, k.shape, _NHWC)
+        fn = lambda a: convolution.conv_general_dilated(
+            a, k, strides, padding, lhs_dilation, None, dims, groups
+        )
+        return "dot_general" in str(jax.make_jaxpr(fn)(x))
+
+    assert not uses_dot(padding=padded)
+    assert not uses_dot(groups=2, k=jnp.ones((1, 1, 2, 4)))
+    assert not uses_dot(padding=((0, 0), (0, 0)), lhs_dilation=(2, 2))
+    assert uses_dot(strides=(2, 2))
+    with pointwise.enabled(False):
+        assert not uses_dot()

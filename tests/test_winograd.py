@@ -10,7 +10,7 @@ import pytest
 from jax import lax
 
 from jaxvision import models
-from jaxvision.backend import winograd
+from jaxvision.backend import convolution, winograd
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
@@ -91,7 +91,7 @@ def test_drop_in_sends_only_plain_3x3_convs_to_winograd():
     same = ((1, 1), (1, 1))
 
     def conv(strides=(1, 1), padding=same, groups=1, kernel=kernel):
-        return lambda x: winograd.conv_general_dilated(
+        return lambda x: convolution.conv_general_dilated(
             x, kernel, strides, padding, dimension_numbers=dims, feature_group_count=groups
         )
 
@@ -109,7 +109,7 @@ def test_resnet_is_the_same_function_with_and_without_winograd():
     # Batch 8 at 32px: stage 2's 3x3 convs (16x16, 128 channels, 128 tiles) qualify.
     x = jnp.asarray(np.random.default_rng(0).standard_normal((8, 32, 32, 3), np.float32))
     plain = models.create("resnet18", num_classes=10, stem="cifar")
-    fast = plain.clone(block_conv=winograd.conv_general_dilated)
+    fast = plain.clone(block_conv=convolution.conv_general_dilated)
     variables = plain.init(jax.random.key(0), x[:1])
     # Random BN scales: at init the zero scale of bn2 would hide the blocks' second convs.
     leaves, treedef = jax.tree.flatten(variables)

@@ -6,7 +6,8 @@ The rest of the code calls this small interface without knowing the backend:
 - `train_loss(loss_fn, ...)` / `forward(...)`: a step over independent slices of the batch
   (`branches`), which XLA:CPU can run side by side; `forward` (eval mode) can also fold
   BatchNorm into the convolution before it (`folding(True)`, off by default);
-- `tune_model(model)`: Winograd 3x3 convolutions for ResNets on CPU (`winograd`);
+- `tune_model(model)`: 1x1 convolutions as matmuls and Winograd 3x3 ones for ResNets on CPU
+  (`convolution`);
 - `prepare_process()` and `configure_compile_cache(dir)`: process set-up for the
   command-line entry points (huge pages: `host_memory`; `compile_cache`);
 - `environment()`: the settings that change speed, for benchmark records.
@@ -121,12 +122,12 @@ def forward(model: Any, variables: dict, images: Any) -> Any:
 
 def tune_model(model: Any) -> Any:
     """`model` with this platform's faster convolutions where it takes them (ResNet blocks)."""
-    from jaxvision.backend import winograd
+    from jaxvision.backend import convolution
 
     fields = {f.name for f in dataclasses.fields(model)}
     if platform() != "cpu" or "block_conv" not in fields or model.block_conv is not None:
         return model
-    return model.clone(block_conv=winograd.conv_general_dilated)
+    return model.clone(block_conv=convolution.conv_general_dilated)
 
 
 def prepare_process() -> None:

@@ -9,23 +9,27 @@ Same function, same [1, 1, C, K] kernel layout, so parameters and checkpoints do
 on GPU and TPU (whose libraries choose their own algorithms) this is never used.
 """
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-_NHWC = ("NHWC", "HWIO", "NHWC")
 _enabled = True
 
 
-def set_enabled(enabled: bool) -> bool:
-    """Turns the 1x1-as-matmul rewrite on or off for models traced later; returns the old
-    setting (A/B runs: `benchmarks/interleaved_ab.py`'s `pointwise=0`)."""
+@contextlib.contextmanager
+def enabled(on: bool) -> Iterator[None]:
+    """Within the block, models traced rewrite 1x1 convolutions as matmuls or not (A/B:
+    `benchmarks/interleaved_ab.py`'s `pointwise=0`)."""
     global _enabled
-    old, _enabled = _enabled, enabled
-    return old
+    saved, _enabled = _enabled, on
+    try:
+        yield
+    finally:
+        _enabled = saved
 
 
 def _no_padding(padding: Any) -> bool:
@@ -34,27 +38,13 @@ def _no_padding(padding: Any) -> bool:
     return all(tuple(p) == (0, 0) for p in padding)
 
 
-def applies(
-    lhs: jnp.ndarray,
-    rhs: jnp.ndarray,
-    window_strides: Sequence[int],
-    padding: Any,
-    lhs_dilation: Sequence[int] | None,
-    rhs_dilation: Sequence[int] | None,
-    dimension_numbers: Any,
-    feature_group_count: int,
-) -> bool:
-    """Whether this convolution is a plain NHWC 1x1 one this platform runs faster as a dot."""
+def applies(kernel_shape: Sequence[int], padding: Any) -> bool:
+    """Whether this (plain NHWC) convolution is a 1x1 one this platform runs as a dot."""
     return (
         _enabled
         and jax.default_backend() == "cpu"
-        and lhs.ndim == 4
-        and tuple(rhs.shape[:2]) == (1, 1)
-        and feature_group_count == 1
+        and tuple(kernel_shape[:2]) == (1, 1)
         and _no_padding(padding)
-        and all(d == 1 for d in (lhs_dilation or (1, 1)))
-        and all(d == 1 for d in (rhs_dilation or (1, 1)))
-        and dimension_numbers == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
     )
 
 

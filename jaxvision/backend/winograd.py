@@ -13,8 +13,9 @@ pay only where the transforms (memory-bound passes over 2.25x the input) are sma
 them: from 128 channels on, with at least 128 tiles per matmul and more than one tile per
 image. The kernel gradient by Winograd (36 [C, tiles] x [tiles, K] matmuls instead of 9
 [C, positions] x [positions, K]) paid from 32 channels on, but not for a 3-channel stem.
-Everywhere else, and on GPU and TPU (whose libraries choose their own algorithms), this is
-`lax.conv_general_dilated`. Per-shape timings: docs/performance.md, "Why each CPU option".
+`applies` decides per convolution (`backend/convolution.py` asks it); everywhere else, and
+on GPU and TPU (whose libraries choose their own algorithms), `lax.conv_general_dilated`
+runs. Per-shape timings: docs/performance.md, "Why each CPU option".
 """
 
 import functools
@@ -25,8 +26,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-
-from jaxvision.backend import pointwise
 
 # F(4x4, 3x3) on the points 0, +-1, +-2 and infinity: input transform B^T (6x6), kernel
 # transform G (6x3), output transform A^T (4x6).
@@ -204,62 +203,23 @@ def kernel_gradient_is_faster(
     )
 
 
-def conv_general_dilated(
-    lhs: jnp.ndarray,
-    rhs: jnp.ndarray,
+def applies(
+    x_shape: Sequence[Any],
+    kernel_shape: Sequence[int],
     window_strides: Sequence[int],
     padding: Any,
-    lhs_dilation: Sequence[int] | None = None,
-    rhs_dilation: Sequence[int] | None = None,
-    dimension_numbers: Any = None,
-    feature_group_count: int = 1,
-    precision: Any = None,
-    **kwargs: Any,
-) -> jnp.ndarray:
-    """`lax.conv_general_dilated`, by Winograd for the 3x3 convolutions where that is faster.
-
-    A drop-in for `nn.Conv(conv_general_dilated=...)`: any other convolution (strided,
-    dilated, grouped, other padding or layout) goes to lax unchanged.
-    """
-    plain = (
+    dtype: Any,
+) -> bool:
+    """Whether `conv3x3` is faster for this (plain NHWC) convolution's forward or gradient."""
+    return (
         tuple(window_strides) == (1, 1)
         and _same_3x3(padding)
-        and all(d == 1 for d in (lhs_dilation or (1, 1)))
-        and all(d == 1 for d in (rhs_dilation or (1, 1)))
-        and feature_group_count == 1
-        and not kwargs
-        and lhs.ndim == 4
-        and dimension_numbers == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
         # A symbolic batch (jax.export) has no size to decide by: the direct convolution.
-        and all(isinstance(d, int) for d in lhs.shape)
-    )
-    if not kwargs and pointwise.applies(
-        lhs,
-        rhs,
-        window_strides,
-        padding,
-        lhs_dilation,
-        rhs_dilation,
-        dimension_numbers,
-        feature_group_count,
-    ):
-        return pointwise.conv1x1(lhs, rhs, window_strides, precision)
-    if plain and (
-        is_faster(lhs.shape, rhs.shape, lhs.dtype)
-        or kernel_gradient_is_faster(lhs.shape, rhs.shape, lhs.dtype)
-    ):
-        return conv3x3(lhs, rhs, precision)
-    return lax.conv_general_dilated(
-        lhs,
-        rhs,
-        window_strides,
-        padding,
-        lhs_dilation=lhs_dilation,
-        rhs_dilation=rhs_dilation,
-        dimension_numbers=dimension_numbers,
-        feature_group_count=feature_group_count,
-        precision=precision,
-        **kwargs,
+        and all(isinstance(d, int) for d in x_shape)
+        and (
+            is_faster(x_shape, kernel_shape, dtype)
+            or kernel_gradient_is_faster(x_shape, kernel_shape, dtype)
+        )
     )
 
 
