@@ -25,10 +25,11 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # this checkout's jaxvision, as the runs' `python -m` from REPO use
+from configs.distill import FEW_LABELS  # noqa: E402 (needs REPO on the path)
+
 METHODS = ("alone", "soft", "hard", "deit")
 # --methods=unlabelled (with --schedule=few): `soft` on all 4,000 images, none of their labels.
 EXTRA_METHODS = ("unlabelled",)
-FEW_LABELS = 500  # configs/distill.py's FEW_LABELS
 
 
 def _run(config: str, workdir: str, *overrides: str) -> None:
